@@ -1,0 +1,317 @@
+"""Image classification datasets as in-memory uint8 numpy arrays.
+
+`load_dataset(spec)` accepts:
+
+* `"embedded"` (the default): 6000 train / 1000 test Fashion-MNIST images
+  shipped inside the package, so that everything runs offline.
+* `"mnist"`, `"fashion_mnist"`, `"cifar10"`, `"imagenette/160px-v2"`: TFDS
+  datasets read through `tfds.data_source`, i.e. random access to
+  array_record files, which works without TensorFlow. They must first be
+  prepared once (with TensorFlow and internet) by `python -m ldjax.prepare`.
+* `"idx:DIR"`: MNIST-format IDX files (see `ldjax.idx`), e.g. Debian's
+  `/usr/share/datasets/fashion-mnist`.
+* `"npz:FILE"`: a numpy `.npz` with x_train, y_train, x_test, y_test.
+
+Every split is held fully in memory as uint8 [N, H, W, C] (C=1 for grey
+images) with int32 labels: the largest supported dataset, Imagenette at
+160x160, is about 0.7 GB that way, and it keeps the training loop a plain
+gather from host arrays. Pixels are only turned into floats on the
+accelerator, by `normalize`, inside the jitted step.
+"""
+
+import dataclasses
+import importlib.resources
+import os
+import zipfile
+
+import jax.numpy as jnp
+import numpy as np
+
+from ldjax import idx
+from ldjax.errors import UsageError
+
+KNOWN_TFDS = ("mnist", "fashion_mnist", "cifar10", "imagenette/160px-v2")
+
+# The held-out split of each TFDS dataset; Imagenette has no "test" split.
+_TFDS_TEST_SPLIT = {"imagenette/160px-v2": "validation"}
+# Imagenette images have varying sizes, so they are brought to one square.
+_TFDS_SQUARE_SIZE = {"imagenette/160px-v2": 160}
+# Examples fetched per `__getitems__` call: batched reads are about twice as
+# fast as one-by-one, and 1024 decoded 160px images is only ~80 MB.
+_TFDS_READ_CHUNK = 1024
+
+EMBEDDED_RESOURCE = "data/fashion_mnist_subset.npz"
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+_ACCEPTED_SPECS = (
+    "'embedded', a TFDS name (" + ", ".join(KNOWN_TFDS) + "), "
+    "'idx:DIR' (MNIST-format IDX files in DIR) or 'npz:FILE' (an .npz with "
+    "x_train, y_train, x_test, y_test)")
+
+
+# eq=False: the generated __eq__/__hash__ would compare numpy arrays, which is
+# ambiguous (eq) or impossible (hash); identity semantics are what is wanted.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A train/test image classification dataset held as numpy arrays.
+
+  Attributes:
+    name: the spec it was loaded from, e.g. "embedded" or "idx:/some/dir".
+    x_train: uint8 [N, H, W, C] training images.
+    y_train: int32 [N] training labels in [0, num_classes).
+    x_test: uint8 [M, H, W, C] test images.
+    y_test: int32 [M] test labels.
+    num_classes: number of classes (of the full dataset, not of a subset).
+    mean: per-channel mean of x_train in [0, 1] pixel units.
+    std: per-channel standard deviation of x_train in [0, 1] pixel units.
+  """
+  name: str
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of one image."""
+    return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(spec: str, *, data_dir: str | None = None,
+                 train_size: int | None = None,
+                 test_size: int | None = None) -> Dataset:
+  """Loads a dataset by spec (see the module docstring for the forms).
+
+  Args:
+    spec: "embedded", a name in KNOWN_TFDS, "idx:DIR" or "npz:FILE".
+    data_dir: TFDS data directory for the TFDS names (default: $TFDS_DATA_DIR
+      or ~/tensorflow_datasets); ignored by the other forms.
+    train_size: if set, keep a deterministic subset of this many training
+      examples (see `subset`); mean/std are computed on that subset.
+    test_size: likewise for the test split.
+
+  Returns:
+    A `Dataset`.
+
+  Raises:
+    UsageError: unknown spec, missing or malformed files, unprepared TFDS
+      dataset, or subset sizes that do not fit.
+  """
+  if not isinstance(spec, str):
+    raise UsageError(f"dataset spec must be a string, got {spec!r}; use "
+                     f"{_ACCEPTED_SPECS}")
+  if spec == "embedded":
+    ref = importlib.resources.files(__package__).joinpath(EMBEDDED_RESOURCE)
+    if not ref.is_file():
+      raise UsageError(f"the embedded dataset {EMBEDDED_RESOURCE} is missing "
+                       "from the installed ldjax package; reinstall ldjax")
+    with importlib.resources.as_file(ref) as path:
+      arrays = _read_npz(str(path))
+    num_classes = None
+  elif spec in KNOWN_TFDS:
+    from ldjax import tfds_source  # Lazy: importing tfds takes ~0.5 s.
+    arrays, num_classes = tfds_source.read_tfds(
+        spec, data_dir=data_dir, test_split=_TFDS_TEST_SPLIT.get(spec, "test"),
+        square_size=_TFDS_SQUARE_SIZE.get(spec), chunk=_TFDS_READ_CHUNK)
+  elif spec.startswith("idx:") and spec[4:]:
+    directory = os.path.expanduser(spec[4:])
+    if not os.path.isdir(directory):
+      raise UsageError(f"idx directory {directory} does not exist; give the "
+                       "directory holding the MNIST-format IDX files")
+    x_train, y_train = idx.load_idx_split(directory, "train")
+    x_test, y_test = idx.load_idx_split(directory, "test")
+    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test,
+                  y_test=y_test)
+    num_classes = None
+  elif spec.startswith("npz:") and spec[4:]:
+    arrays = _read_npz(os.path.expanduser(spec[4:]))
+    num_classes = None
+  else:
+    raise UsageError(f"unknown dataset {spec!r}; use {_ACCEPTED_SPECS}")
+
+  x_train, y_train, x_test, y_test = _validate(arrays, spec)
+  if num_classes is None:
+    # From both splits and before subsetting, so that a small subset that
+    # happens to miss the top class still gets the full classifier head.
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+  x_train, y_train = subset(x_train, y_train, train_size, what="train_size")
+  x_test, y_test = subset(x_test, y_test, test_size, what="test_size")
+  mean, std = channel_stats(x_train)
+  return Dataset(name=spec, x_train=x_train, y_train=y_train, x_test=x_test,
+                 y_test=y_test, num_classes=num_classes, mean=mean, std=std)
+
+
+def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0, *,
+           what: str = "size") -> tuple[np.ndarray, np.ndarray]:
+  """Returns a deterministic subset of `size` examples of (x, y).
+
+  The kept indices are the first `size` of a fixed-seed permutation, sorted
+  so that the subset keeps the original order; the result depends only on
+  (len(x), size, seed).
+
+  Args:
+    x: examples, indexed along the first axis.
+    y: labels, same length as x.
+    size: how many to keep; None keeps everything.
+    seed: permutation seed.
+    what: the name of the size argument, for error messages.
+
+  Returns:
+    (x_subset, y_subset).
+
+  Raises:
+    UsageError: size is not a positive integer or exceeds len(x).
+  """
+  n = len(x)
+  if len(y) != n:
+    raise UsageError(f"subset got {n} examples but {len(y)} labels; pass "
+                     "arrays of equal length")
+  if size is None:
+    return x, y
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+    raise UsageError(f"{what} must be an integer, got {size!r}")
+  if size <= 0:
+    raise UsageError(f"{what}={size} must be positive; leave it unset to use "
+                     "all examples")
+  if size > n:
+    raise UsageError(f"{what}={size} is larger than the {n} examples "
+                     f"available; use at most {n} or leave it unset")
+  if size == n:
+    return x, y  # Same as the sorted full permutation, without a copy.
+  keep = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+  return x[keep], y[keep]
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The example order of one epoch: an int64 permutation of range(n).
+
+  A pure function of (seed, epoch, n), so a resumed run replays exactly the
+  order an uninterrupted one would have used, with no RNG state to save.
+  """
+  for name, value in (("seed", seed), ("epoch", epoch), ("n", n)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < 0:
+      # SeedSequence rejects negative entropy; say so in our own words.
+      raise UsageError(f"{name} must be >= 0, got {value}")
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
+  return rng.permutation(int(n)).astype(np.int64)
+
+
+def normalize(x, mean, std):
+  """(x / 255 - mean) / std in float32; x is uint8 [..., C], jit-friendly.
+
+  Works on numpy or jax arrays, inside or outside `jax.jit`; mean and std are
+  per-channel sequences (e.g. `Dataset.mean`) broadcast over the last axis.
+  """
+  x = jnp.asarray(x).astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...],
+                                          tuple[float, ...]]:
+  """Per-channel mean and std of uint8 images [N, H, W, C], in [0, 1] units.
+
+  Sums of pixels and of squared pixels are accumulated exactly in int64 over
+  chunks of ~4M values, so a 60000x160x160x3 array is never converted to
+  float as a whole. A channel with zero spread (e.g. a constant synthetic
+  image) gets std 1.0 so that `normalize` stays finite.
+  """
+  channels = x.shape[-1]
+  flat = x.reshape(-1, channels)
+  if not len(flat):
+    raise UsageError("cannot compute mean/std of an empty training split")
+  total = np.zeros(channels, np.int64)
+  total_sq = np.zeros(channels, np.int64)
+  step = max(1, (1 << 22) // channels)
+  for start in range(0, len(flat), step):
+    chunk = flat[start:start + step]
+    total += chunk.sum(axis=0, dtype=np.int64)
+    wide = chunk.astype(np.uint16)  # 255**2 = 65025 fits in uint16.
+    total_sq += (wide * wide).sum(axis=0, dtype=np.int64)
+  count = len(flat)
+  mean = total / count / 255.0
+  var = np.maximum(total_sq / count / 255.0**2 - mean**2, 0.0)
+  std = np.sqrt(var)
+  std = np.where(std > 0, std, 1.0)
+  return (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """Reads the four arrays of an .npz file without ever unpickling."""
+  if not os.path.isfile(path):
+    raise UsageError(f"npz file {path} does not exist; give an .npz written "
+                     "with np.savez(path, x_train=..., y_train=..., "
+                     "x_test=..., y_test=...)")
+  try:
+    loaded = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UsageError(f"cannot read {path} as an .npz file ({e}); write it "
+                     "with np.savez(path, x_train=..., y_train=..., "
+                     "x_test=..., y_test=...)") from e
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise UsageError(f"{path} holds a single array, not an .npz archive; "
+                     "write it with np.savez(path, x_train=..., y_train=..., "
+                     "x_test=..., y_test=...)")
+  with loaded:
+    missing = [k for k in _NPZ_KEYS if k not in loaded.files]
+    if missing:
+      raise UsageError(f"{path} lacks array(s) {', '.join(missing)} (has "
+                       f"{', '.join(loaded.files) or 'none'}); it needs "
+                       f"{', '.join(_NPZ_KEYS)}")
+    arrays = {}
+    for key in _NPZ_KEYS:
+      try:
+        arrays[key] = loaded[key]
+      except (ValueError, OSError, zipfile.BadZipFile) as e:
+        # Object arrays need pickle, which is refused on purpose.
+        raise UsageError(f"cannot load array {key} from {path} ({e}); store "
+                         "plain integer arrays, not objects") from e
+  return arrays
+
+
+def _validate(arrays: dict[str, np.ndarray], source: str):
+  """Checks shapes/dtypes; returns uint8 NHWC images and int32 labels."""
+  out = {}
+  for split in ("train", "test"):
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.ndim == 3:
+      x = x[..., None]  # Grey [N, H, W] -> [N, H, W, 1].
+    if x.ndim != 4 or 0 in x.shape:
+      raise UsageError(f"x_{split} of {source} has shape {x.shape}; images "
+                       "must be a non-empty [N, H, W] or [N, H, W, C] array")
+    if y.ndim == 2 and y.shape[1] == 1:
+      y = y[:, 0]  # Keras-style [N, 1] labels.
+    if y.ndim != 1:
+      raise UsageError(f"y_{split} of {source} has shape {y.shape}; labels "
+                       "must be a 1-D array of class indices")
+    if len(x) != len(y):
+      raise UsageError(f"{source} has {len(x)} x_{split} images but {len(y)} "
+                       f"y_{split} labels; they must match")
+    out[f"x_{split}"] = _as_integers(x, f"x_{split}", source, np.uint8, 255)
+    out[f"y_{split}"] = _as_integers(y, f"y_{split}", source, np.int32,
+                                     np.iinfo(np.int32).max)
+  if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+    raise UsageError(f"{source}: train images are {out['x_train'].shape[1:]} "
+                     f"but test images are {out['x_test'].shape[1:]}; both "
+                     "splits need the same (H, W, C)")
+  return out["x_train"], out["y_train"], out["x_test"], out["y_test"]
+
+
+def _as_integers(a: np.ndarray, key: str, source: str, dtype, top: int):
+  """Converts integer `a` to `dtype` if all values lie in [0, top]."""
+  if a.dtype == dtype:
+    bad = a.dtype != np.uint8 and a.size and a.min() < 0
+  elif a.dtype == bool or np.issubdtype(a.dtype, np.integer):
+    bad = a.size and (a.min() < 0 or a.max() > top)
+  else:
+    raise UsageError(f"{key} of {source} has dtype {a.dtype}; it must hold "
+                     f"integers 0..{top} (for float pixels in [0, 1] store "
+                     "(x * 255).round().astype(np.uint8))")
+  if bad:
+    raise UsageError(f"{key} of {source} has values {a.min()}..{a.max()}; "
+                     f"they must lie in 0..{top}")
+  return a.astype(dtype, copy=False)
