@@ -1,0 +1,151 @@
+"""Layer scores and drop decisions of Learn & Drop (paper Sections 3.1-3.2).
+
+Everything here is a pure function on arrays and pytrees, usable from a
+notebook on numpy or jax arrays:
+
+- `init` / `update`: fold one step's per-stage gradients into running sums,
+  in optax's init/update style; `update` runs inside the jitted train step, so
+  no value leaves the device per step.
+- `aapd`: Eq. 1, the average absolute partial derivative per stage.
+- `layer_scores`: Eq. 2, P_l = 1 - sum_i |S_i| / sum_i A_i.
+- `standardize`: Eq. 3 (population standard deviation).
+- `find_cut`: Eq. 4, how many leading stages are candidates to drop.
+- `should_drop`: the median rule M_c >= M_d.
+- `decide`: the three above together, as run at the end of an epoch.
+
+Interpretations where the paper is ambiguous are listed in README.md
+("Interpretations of the paper").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+class ScoreState(NamedTuple):
+  """Running per-stage sums over one epoch's steps.
+
+  `sum` and `abs_sum` are sequences with one pytree per stage (shaped like the
+  stage's trainable parameters); `count` is the number of steps folded in.
+  """
+  sum: Sequence[PyTree]
+  abs_sum: Sequence[PyTree]
+  count: jax.Array
+
+
+def init(params: Sequence[PyTree]) -> ScoreState:
+  """Zero state for `params`, a sequence with one parameter pytree per stage."""
+  zeros = [jax.tree.map(jnp.zeros_like, p) for p in params]
+  return ScoreState(sum=zeros, abs_sum=[jax.tree.map(jnp.zeros_like, p) for p in params],
+                    count=jnp.zeros((), jnp.int32))
+
+
+def update(grads: Sequence[PyTree], state: ScoreState) -> ScoreState:
+  """Adds one step's gradients (one pytree per stage) to the running sums."""
+  new_sum = [jax.tree.map(jnp.add, s, g) for s, g in zip(state.sum, grads, strict=True)]
+  new_abs = [jax.tree.map(lambda a, g: a + jnp.abs(g), a, g)
+             for a, g in zip(state.abs_sum, grads, strict=True)]
+  return ScoreState(new_sum, new_abs, state.count + 1)
+
+
+def _tree_total(tree: PyTree, fn=lambda x: x) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return sum(jnp.sum(fn(jnp.asarray(x, jnp.float32))) for x in leaves)
+
+
+def _tree_size(tree: PyTree) -> int:
+  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+def aapd(abs_sums: Sequence[PyTree]) -> np.ndarray:
+  """Eq. 1: (1/N) sum_i sum_j |g_ij| per stage, N = the stage's parameter count.
+
+  As in the paper, the sum over the epoch's M steps is not divided by M.
+  A stage without parameters gets 0.
+  """
+  out = []
+  for a in abs_sums:
+    n = _tree_size(a)
+    out.append(float(_tree_total(a)) / n if n else 0.0)
+  return np.asarray(out, np.float64)
+
+
+def layer_scores(sums: Sequence[PyTree], abs_sums: Sequence[PyTree]) -> np.ndarray:
+  """Eq. 2 per stage: 1 - sum_i |S_i| / sum_i A_i over all the stage's parameters.
+
+  A stage whose abs-sum is 0 (no gradient at all) scores 1.0: nothing moves it.
+  """
+  out = []
+  for s, a in zip(sums, abs_sums, strict=True):
+    num = float(_tree_total(s, jnp.abs))
+    den = float(_tree_total(a))
+    out.append(1.0 if den == 0.0 else 1.0 - num / den)
+  return np.asarray(out, np.float64)
+
+
+def standardize(scores: Sequence[float]) -> np.ndarray:
+  """Eq. 3: (P - mean) / std with the population std (ddof=0); zeros if std is 0."""
+  p = np.asarray(scores, np.float64)
+  if p.size == 0:
+    return p
+  std = p.std()
+  if std == 0.0 or not np.isfinite(std):
+    return np.zeros_like(p)
+  return (p - p.mean()) / std
+
+
+def find_cut(std_scores: Sequence[float]) -> int:
+  """Eq. 4: how many leading stages are candidates to drop.
+
+  Returns t + 1 for the smallest t with std_scores[t] > 0 and
+  std_scores[t + 1] < 0, and 0 when there is no such t. The last stage can
+  never be a candidate, since t + 1 must exist.
+  """
+  s = np.asarray(std_scores, np.float64)
+  for t in range(len(s) - 1):
+    if s[t] > 0 and s[t + 1] < 0:
+      return t + 1
+  return 0
+
+
+def should_drop(candidate_std_scores: Sequence[float],
+                dropped_std_scores: Sequence[float]) -> bool:
+  """The median rule: median(candidates) >= median(previously dropped).
+
+  True when nothing was dropped yet; False when there is no candidate.
+  """
+  if len(candidate_std_scores) == 0:
+    return False
+  if len(dropped_std_scores) == 0:
+    return True
+  return bool(np.median(candidate_std_scores) >= np.median(dropped_std_scores))
+
+
+class Decision(NamedTuple):
+  """The end-of-epoch decision on the head's conv stages."""
+  scores: np.ndarray        # P per scored stage (Eq. 2)
+  std_scores: np.ndarray    # P' per scored stage (Eq. 3)
+  n_star: int               # number of leading candidates (Eq. 4), 0 if none
+  median_candidates: float | None  # M_c
+  median_dropped: float | None     # M_d
+  drop: bool                # drop the n_star leading stages now
+
+
+def decide(scores: Sequence[float], dropped_std_scores: Sequence[float]) -> Decision:
+  """Eqs. 3-4 and the median rule on the head's conv-stage scores P (Eq. 2)."""
+  p = np.asarray(scores, np.float64)
+  std = standardize(p)
+  n_star = find_cut(std)
+  cand = std[:n_star]
+  mc = float(np.median(cand)) if n_star else None
+  md = float(np.median(dropped_std_scores)) if len(dropped_std_scores) else None
+  return Decision(p, std, n_star, mc, md, n_star > 0 and should_drop(cand, dropped_std_scores))

@@ -1,0 +1,165 @@
+"""Pure train, evaluation and feature-extraction steps on staged models.
+
+One train step serves all three strategies. Its model is split in two:
+`frozen_stages` run first in inference mode and are not differentiated, then
+`head_stages` are trained. Plain SGD has no frozen stages and reads images;
+Freeze passes the frozen prefix and reads images; Drop has no frozen stages
+and reads the cached output of the dropped prefix. Only the head's
+parameters are arguments of `jax.grad`, so no gradient is ever computed for
+frozen or dropped stages (masking an optimizer does not guarantee that).
+
+The step functions are top-level and pure; `compile_*` helpers jit them with
+`functools.partial` over the static parts (stages, optimizer, normalisation)
+and compile them ahead of time, which also yields the compile time and XLA's
+FLOP count. A compiled function never retraces: one compile per drop decision.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+import optax
+
+from ldjax import scoring
+from ldjax.models import apply_stages
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+  """What the head step updates: one entry per head stage in each list."""
+  params: list[PyTree]
+  batch_stats: list[PyTree]     # {} for stages without BatchNorm
+  opt_state: list[PyTree]       # one optimizer state per stage, so it slices with the head
+
+
+def split_variables(variables: Sequence[dict]) -> tuple[list, list]:
+  return ([v.get("params", {}) for v in variables],
+          [v.get("batch_stats", {}) for v in variables])
+
+
+def merge_variables(params: Sequence[PyTree], batch_stats: Sequence[PyTree]) -> list[dict]:
+  return [{"params": p, **({"batch_stats": b} if b else {})}
+          for p, b in zip(params, batch_stats, strict=True)]
+
+
+def make_optimizer(learning_rate: float | optax.Schedule, momentum: float) -> optax.GradientTransformation:
+  """SGD with (PyTorch-style) momentum, the paper's optimizer.
+
+  It is applied per stage (see `apply_updates_per_stage`). Element-wise
+  transformations behave exactly as on the whole model; a transformation that
+  couples stages (e.g. global-norm clipping) would act per stage instead.
+  A schedule sees each stage's own update count, which equals the global
+  step for every stage still in the head.
+  """
+  return optax.sgd(learning_rate, momentum=momentum if momentum else None)
+
+
+def init_train_state(variables: Sequence[dict], tx: optax.GradientTransformation) -> TrainState:
+  params, stats = split_variables(variables)
+  return TrainState(params, stats, [tx.init(p) for p in params])
+
+
+def prepare_input(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """Images arrive as uint8 and are normalised here, on the device; cached
+  features (float32 or bfloat16) are only cast to float32."""
+  if x.dtype == jnp.uint8:
+    return (x.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(
+        std, jnp.float32)
+  return x.astype(jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array,
+               y: jax.Array, rng: jax.Array, *, head_stages: Sequence[nn.Module],
+               frozen_stages: Sequence[nn.Module], tx: optax.GradientTransformation,
+               mean: Sequence[float], std: Sequence[float]):
+  """One SGD step of the head. Returns (new state, metrics, per-stage gradients)."""
+  h = prepare_input(x, mean, std)
+  if frozen_stages:
+    h, _ = apply_stages(frozen_stages, frozen_variables, h, train=False)
+    h = jax.lax.stop_gradient(h)
+  first = len(frozen_stages)
+
+  def loss_fn(params):
+    variables = merge_variables(params, state.batch_stats)
+    logits, new_vars = apply_stages(head_stages, variables, h, train=True, rng=rng,
+                                    first_index=first)
+    return cross_entropy(logits, y), (logits, [v.get("batch_stats", {}) for v in new_vars])
+
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_params, new_opt = [], []
+  for p, g, s in zip(state.params, grads, state.opt_state, strict=True):
+    updates, s = tx.update(g, s, p)
+    new_params.append(optax.apply_updates(p, updates))
+    new_opt.append(s)
+  metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
+  return TrainState(new_params, new_stats, new_opt), metrics, grads
+
+
+def scored_train_step(state: TrainState, scores: scoring.ScoreState,
+                      frozen_variables: Sequence[dict], x: jax.Array, y: jax.Array,
+                      rng: jax.Array, step: jax.Array, **static):
+  """`train_step` plus folding its gradients into the running layer scores."""
+  state, metrics, grads = train_step(state, frozen_variables, x, y,
+                                     jax.random.fold_in(rng, step), **static)
+  return state, scoring.update(grads, scores), metrics
+
+
+def extract_features(variables: Sequence[dict], x: jax.Array, *,
+                     stages: Sequence[nn.Module], mean: Sequence[float],
+                     std: Sequence[float], out_dtype: Any) -> jax.Array:
+  """Output of `stages` in inference mode (BatchNorm on running statistics)."""
+  h, _ = apply_stages(stages, variables, prepare_input(x, mean, std), train=False)
+  return h.astype(out_dtype)
+
+
+def eval_step(variables: Sequence[dict], x: jax.Array, y: jax.Array, mask: jax.Array, *,
+              stages: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float]):
+  """Summed loss and correct count of the full model over the unmasked examples."""
+  logits, _ = apply_stages(stages, variables, prepare_input(x, mean, std), train=False)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  correct = (jnp.argmax(logits, -1) == y) & mask
+  return {"loss": jnp.sum(jnp.where(mask, losses, 0.0)), "correct": jnp.sum(correct)}
+
+
+class Compiled(NamedTuple):
+  fn: Any            # a jax.stages.Compiled
+  seconds: float     # lowering + compilation time
+  flops: float | None  # XLA's FLOP count of one call
+
+
+def compile_fn(fn, *example_args, donate_argnums=(), **static) -> Compiled:
+  """jit(partial(fn, **static)) compiled ahead of time for `example_args`' shapes."""
+  t0 = time.perf_counter()
+  jitted = jax.jit(functools.partial(fn, **static), donate_argnums=donate_argnums)
+  compiled = jitted.lower(*example_args).compile()
+  seconds = time.perf_counter() - t0
+  return Compiled(compiled, seconds, xla_flops(compiled))
+
+
+def xla_flops(compiled) -> float | None:
+  """FLOPs of one call according to XLA's cost analysis (None if unavailable)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def shape_of(x) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype)

@@ -1,0 +1,122 @@
+"""The feature store: cached output maps of the dropped stages, keyed by example index.
+
+Row i holds the tail's output for training example i, so each epoch's
+shuffle is just a permutation of indices. A store lives in host memory when
+it fits `memory_budget_bytes`, otherwise in a memory-mapped `.npy` file in
+the work directory (random access, no pickle). bfloat16 halves the bytes;
+on disk it is kept as its uint16 bit pattern so the `.npy` loads anywhere.
+
+A store is written once (`write` per batch, then `finalize`), then only
+read. On disk, writing goes to a temporary name; `finalize` computes per-chunk
+CRC32 checksums, renames the file into place and writes a JSON manifest
+(shape, dtype, stage range, checksums) by write-and-rename, so a half-written
+store is never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+CHUNK_BYTES = 64 << 20  # checksum granularity: a damaged chunk is found without reading all
+
+
+def storage_dtype(name: str) -> np.dtype:
+  if name not in DTYPES:
+    raise ValueError(f"feature dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+def _disk_view(a: np.ndarray) -> np.ndarray:
+  return a.view(np.uint16) if a.dtype == DTYPES["bfloat16"] else a
+
+
+def chunk_checksums(a: np.ndarray) -> list[int]:
+  flat = np.ascontiguousarray(_disk_view(a)).reshape(-1).view(np.uint8)
+  return [zlib.crc32(flat[i:i + CHUNK_BYTES]) for i in range(0, max(flat.size, 1), CHUNK_BYTES)]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class FeatureStore:
+  """Features of stages [start, stop) for `num_examples` training examples."""
+
+  def __init__(self, num_examples: int, feature_shape: Sequence[int], dtype: str,
+               stage_range: tuple[int, int], *, directory: str | os.PathLike | None = None,
+               memory_budget_bytes: int = 4 << 30):
+    self.dtype_name = dtype
+    self.dtype = storage_dtype(dtype)
+    self.shape = (int(num_examples), *map(int, feature_shape))
+    self.stage_range = tuple(stage_range)
+    self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+    self.in_memory = directory is None or self.nbytes <= memory_budget_bytes
+    self.path = None if directory is None else (
+        Path(directory) / f"features_{stage_range[0]}-{stage_range[1]}.npy")
+    self.complete = False
+    if self.in_memory:
+      self._array = np.empty(self.shape, self.dtype)
+    else:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      disk_dtype = np.uint16 if dtype == "bfloat16" else self.dtype
+      self._memmap = np.lib.format.open_memmap(self._tmp_path, mode="w+", dtype=disk_dtype,
+                                               shape=self.shape)
+      self._array = self._memmap.view(self.dtype)
+
+  @property
+  def _tmp_path(self) -> Path:
+    return self.path.with_name(self.path.stem + ".tmp.npy")
+
+  @property
+  def manifest_path(self) -> Path | None:
+    return None if self.path is None else self.path.with_suffix(".json")
+
+  def write(self, indices: np.ndarray, values: np.ndarray) -> None:
+    self._array[indices] = values
+
+  def read(self, indices: np.ndarray) -> np.ndarray:
+    return self._array[indices]
+
+  def finalize(self) -> dict:
+    """Marks the store complete; on disk, flushes, renames and writes the manifest."""
+    manifest = {"shape": list(self.shape), "dtype": self.dtype_name,
+                "stage_range": list(self.stage_range), "chunk_bytes": CHUNK_BYTES,
+                "checksums": chunk_checksums(self._array),
+                "backing": "memory" if self.in_memory else "npy"}
+    if not self.in_memory:
+      self._memmap.flush()
+      self._memmap = self._array = None
+      os.replace(self._tmp_path, self.path)
+      self._array = load_array(self.path, self.dtype_name)
+      manifest["file"] = self.path.name
+      write_json_atomic(self.manifest_path, manifest)
+    self.complete = True
+    self.manifest = manifest
+    return manifest
+
+  def delete(self) -> None:
+    """Frees the memory or removes the files (also a half-written temporary)."""
+    self._array = None
+    if self.path is not None:
+      for p in (self.path, self._tmp_path, self.manifest_path):
+        if p.exists():
+          p.unlink()
+
+
+def load_array(path: str | os.PathLike, dtype: str) -> np.ndarray:
+  """Memory-maps a store file read-only, without pickle."""
+  a = np.load(path, mmap_mode="r", allow_pickle=False)
+  return a.view(DTYPES["bfloat16"]) if dtype == "bfloat16" else a
