@@ -29,6 +29,7 @@ torchvision's 4096-wide classifier on the flattened last map), which at
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
@@ -303,13 +304,17 @@ def resnet(name: str, input_shape: Sequence[int], num_classes: int, *,
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, *,
                 width: float = 1.0, batch_norm: bool = True) -> StagedModel:
   """Builds a built-in model by name (see `MODEL_NAMES`); raises UsageError on bad input."""
-  key = name.lower().replace("-", "").replace("_bn", "")
+  key = name.lower().replace("-", "")
+  if key.endswith("_bn") and key[:-3] in VGG_CONFIGS:
+    if not batch_norm:
+      raise UsageError(f"{name} has BatchNorm by name; drop the _bn suffix or --no-batch-norm")
+    key = key[:-3]
   if key not in MODEL_NAMES:
     raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
   if len(input_shape) != 3 or min(input_shape) <= 0:
     raise UsageError(f"input shape must be H,W,C with positive sizes, got {tuple(input_shape)}")
-  if width <= 0:
-    raise UsageError(f"--width must be > 0, got {width}")
+  if not (math.isfinite(width) and width > 0):
+    raise UsageError(f"--width must be a finite number > 0, got {width}")
   if num_classes < 2:
     raise UsageError(f"need at least 2 classes, got {num_classes}")
   h, w = input_shape[:2]

@@ -27,7 +27,7 @@ import flax.linen as nn
 import numpy as np
 import optax
 
-from ldjax import scoring
+from ldjax import costs, scoring
 from ldjax.models import apply_stages
 
 PyTree = Any
@@ -145,20 +145,7 @@ def compile_fn(fn, *example_args, donate_argnums=(), **static) -> Compiled:
   jitted = jax.jit(functools.partial(fn, **static), donate_argnums=donate_argnums)
   compiled = jitted.lower(*example_args).compile()
   seconds = time.perf_counter() - t0
-  return Compiled(compiled, seconds, xla_flops(compiled))
-
-
-def xla_flops(compiled) -> float | None:
-  """FLOPs of one call according to XLA's cost analysis (None if unavailable)."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # some backends do not implement it
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
-    return None
-  return float(cost["flops"])
+  return Compiled(compiled, seconds, costs.xla_flops(compiled))
 
 
 def shape_of(x) -> jax.ShapeDtypeStruct:
