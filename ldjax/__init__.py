@@ -19,7 +19,7 @@ from ldjax.compare import run_strategies
 from ldjax.config import STRATEGIES, TrainConfig
 from ldjax.data import Dataset, load_dataset
 from ldjax.errors import UsageError
-from ldjax.loop import fit
+from ldjax.train import fit
 from ldjax.models import StagedModel, apply_stages, build_model
 
 __all__ = ["scoring", "run_strategies", "STRATEGIES", "TrainConfig", "Dataset",

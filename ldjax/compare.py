@@ -9,6 +9,7 @@ reduction of forward and of training MACs, which bound the time saved.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import jax
 
 from ldjax.config import TrainConfig
 from ldjax.data import Dataset, load_dataset
-from ldjax.loop import fit
+from ldjax.train import fit
 from ldjax.models import StagedModel, build_model
 from ldjax.store import write_json_atomic
 from ldjax.workdir import RunDir
@@ -35,8 +36,13 @@ def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, Stage
 
 def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | Path, *,
                    data: Dataset | None = None, model: StagedModel | None = None,
-                   progress: bool = True, log=print) -> dict:
-  """Trains each strategy from the same initial weights; returns {strategy: summary}."""
+                   progress: bool = True, resume: bool = False, should_stop=None,
+                   log=print) -> dict:
+  """Trains each strategy from the same initial weights; returns {strategy: summary}.
+
+  With `resume`, strategies whose run is complete are read back, and the
+  others continue from their last checkpoint.
+  """
   if data is None or model is None:
     data, model = prepare(cfg, strategies)
   workdir = Path(workdir)
@@ -44,12 +50,16 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
   summaries = {}
   for strategy in strategies:
     run_dir = RunDir(workdir / strategy if len(strategies) > 1 else workdir)
-    run_dir.write_config(cfg, strategy=strategy, strategies=list(strategies),
-                         model_name=model.name, stage_names=list(model.stage_names),
-                         num_train=len(data.x_train), num_test=len(data.x_test))
-    run_dir.start_metrics()
+    if resume and (run_dir.path / "summary.json").exists():
+      summaries[strategy] = json.loads((run_dir.path / "summary.json").read_text())
+      log(f"{strategy}: already complete")
+      continue
+    if not (resume and (run_dir.path / "config.json").exists()):
+      run_dir.write_config(cfg, strategy=strategy, strategies=list(strategies),
+                           model_name=model.name, stage_names=list(model.stage_names),
+                           num_train=len(data.x_train), num_test=len(data.x_test))
     summary = fit(model, data, cfg, strategy, variables=variables, run_dir=run_dir,
-                  progress=progress)
+                  progress=progress, resume=resume, should_stop=should_stop)
     summary.pop("variables")
     summaries[strategy] = summary
     log(f"{strategy}: test accuracy {summary['test_accuracy']:.2f}%, "

@@ -1,6 +1,6 @@
-"""The training loop of Learn & Drop (Algorithm 1), and its two baselines.
+"""One epoch of Learn & Drop (Algorithm 1) or of its two baselines: the `Trainer`.
 
-`fit` trains a `StagedModel` with one strategy:
+`ldjax.train.fit` drives a `Trainer` over the epochs of one strategy:
 - "sgd": the whole model, every epoch;
 - "freeze": after the warm-up, the decision rule of `ldjax.scoring` freezes
   a growing prefix, which stays in the forward pass in inference mode;
@@ -10,16 +10,23 @@
   outputs and trains the head on them in the same pass; later epochs read
   the store.
 
+Two cut positions describe every strategy: stages [0, store_cut) are read
+from the feature store (0: images), stages [store_cut, cut) run frozen in
+the forward pass, stages [cut, L) train. SGD keeps both at 0, Freeze moves
+`cut`, Drop moves both; when a store cannot be written (no disk space, an
+I/O error) Drop keeps `store_cut` and the stages stay frozen instead.
+
 The model's variables stay one list (one dict per stage) and the head is a
-slice of it; the head step is compiled once per decision. Per-epoch records
-go to `metrics.jsonl` through `ldjax.workdir.RunDir`.
+slice of it; the head step is compiled once per cut.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +43,22 @@ from ldjax.store import FeatureStore, storage_dtype
 from ldjax.workdir import RunDir
 
 
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or Inf."""
+
+
+class Interrupted(Exception):
+  """`should_stop` asked the run to stop; the last complete epoch is checkpointed."""
+
+
 @dataclasses.dataclass
 class DropState:
   """Where the model is cut, and what the decisions so far have been."""
-  cut: int = 0                                       # stages [0, cut) are frozen / dropped
+  cut: int = 0          # stages [0, cut) do not train
+  store_cut: int = 0    # stages [0, store_cut) are read from the feature store
   dropped_std_scores: list[float] = dataclasses.field(default_factory=list)
   events: list[dict] = dataclasses.field(default_factory=list)
+  pending: tuple[int, int] | None = None   # extraction due in the next epoch
 
 
 class ImageSource:
@@ -61,7 +78,7 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
       cfg.lr, {cfg.lr_decay_epoch * steps_per_epoch: cfg.lr_decay_factor})
 
 
-def param_l2(variables: Sequence[dict]) -> float:
+def param_l2(variables) -> float:
   leaves = jax.tree.leaves([v.get("params", {}) for v in variables])
   return float(np.sqrt(sum(float(jnp.sum(jnp.square(x.astype(jnp.float32)))) for x in leaves)))
 
@@ -84,32 +101,37 @@ class Trainer:
     self.macs = costs.stage_macs(model, data.image_shape)
     self.drop = DropState()
     self.key = jax.random.key(cfg.seed)
-    self.source = ImageSource(data.x_train)   # what the head reads (drop: the store)
+    self.images = ImageSource(data.x_train)
     self.store: FeatureStore | None = None
     self.step_fn: steps.Compiled | None = None
-    self.compiled_for = -1
+    self.compiled_for: tuple[int, int] | None = None
     self.feature_dtype = storage_dtype(cfg.feature_dtype)
+    self.features_dir = None if run_dir is None else run_dir.path / "features"
+    self.store_fallbacks: list[dict] = []   # drops that stayed frozen: no room for the store
+    self.retired_stores: list[FeatureStore] = []
     self.eval_fn = self._compile_eval()
+
+  @property
+  def source(self):
+    return self.store if self.drop.store_cut > 0 else self.images
 
   # -- compilation -------------------------------------------------------------
 
-  def _head_input_struct(self, cut: int) -> jax.ShapeDtypeStruct:
-    bs = self.cfg.batch_size
-    if self.strategy == "drop" and cut > 0:
-      return jax.ShapeDtypeStruct((bs, *self.shapes[cut - 1]), self.feature_dtype)
-    return jax.ShapeDtypeStruct((bs, *self.data.image_shape), np.uint8)
+  def _input_struct(self, store_cut: int, batch: int) -> jax.ShapeDtypeStruct:
+    if store_cut > 0:
+      return jax.ShapeDtypeStruct((batch, *self.shapes[store_cut - 1]), self.feature_dtype)
+    return jax.ShapeDtypeStruct((batch, *self.data.image_shape), np.uint8)
 
-  def _compile_step(self, cut: int) -> steps.Compiled:
-    frozen = cut if self.strategy == "freeze" else 0
+  def _compile_step(self, store_cut: int, cut: int) -> steps.Compiled:
     state = self._head_state(cut)
-    scores = scoring.init(state.params)
-    frozen_vars = self.variables[:frozen]
     bs = self.cfg.batch_size
     return steps.compile_fn(
-        steps.scored_train_step, state, scores, frozen_vars, self._head_input_struct(cut),
+        steps.scored_train_step, state, scoring.init(state.params),
+        self.variables[store_cut:cut], self._input_struct(store_cut, bs),
         jax.ShapeDtypeStruct((bs,), np.int32), self.key, np.int32(0),
         donate_argnums=(0, 1), head_stages=self.model.stages[cut:],
-        frozen_stages=self.model.stages[:frozen], tx=self.tx, **self.norm)
+        frozen_stages=self.model.stages[store_cut:cut], tx=self.tx, head_index=cut,
+        **self.norm)
 
   def _compile_eval(self) -> steps.Compiled:
     bs = min(self.cfg.eval_batch_size, len(self.data.x_test))
@@ -119,9 +141,10 @@ class Trainer:
         jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
         stages=self.model.stages, **self.norm)
 
-  def _compile_extract(self, start: int, stop: int, in_struct) -> steps.Compiled:
+  def _compile_extract(self, start: int, stop: int) -> steps.Compiled:
     return steps.compile_fn(
-        steps.extract_features, self.variables[start:stop], in_struct,
+        steps.extract_features, self.variables[start:stop],
+        self._input_struct(start, self.cfg.batch_size),
         stages=self.model.stages[start:stop], out_dtype=self.feature_dtype, **self.norm)
 
   def _head_state(self, cut: int) -> steps.TrainState:
@@ -132,37 +155,106 @@ class Trainer:
     self.variables[cut:] = steps.merge_variables(state.params, state.batch_stats)
     self.opt_states[cut:] = list(state.opt_state)
 
+  # -- feature stores ----------------------------------------------------------
+
+  def new_store(self, start: int, stop: int) -> FeatureStore | None:
+    """An empty store for stages [0, stop), or None (with a warning) if it cannot fit."""
+    shape = self.shapes[stop - 1]
+    nbytes = self.n_train * int(np.prod(shape)) * self.feature_dtype.itemsize
+    budget = int(self.cfg.feature_memory_gb * (1 << 30))
+    if nbytes > budget:
+      if self.features_dir is None:
+        return self._cannot_store(stop, f"{nbytes / 1e9:.2f} GB exceed --feature-memory-gb "
+                                  "and there is no work directory to spill to")
+      self.features_dir.mkdir(parents=True, exist_ok=True)
+      free = shutil.disk_usage(self.features_dir).free
+      if nbytes * 1.05 > free:
+        return self._cannot_store(stop, f"{nbytes / 1e9:.2f} GB needed, "
+                                  f"{free / 1e9:.2f} GB free on disk")
+    try:
+      return FeatureStore(self.n_train, shape, self.cfg.feature_dtype, (0, stop),
+                          directory=self.features_dir, memory_budget_bytes=budget)
+    except OSError as e:
+      return self._cannot_store(stop, str(e))
+
+  def _cannot_store(self, stop: int, why: str) -> None:
+    warnings.warn(f"cannot store the features of stages 0-{stop - 1} ({why}); "
+                  "those stages stay in the forward pass, frozen", stacklevel=3)
+    self.store_fallbacks.append({"stage_stop": stop, "reason": why})
+    return None
+
+  def rebuild_store(self, stop: int, bar=None) -> float:
+    """Recomputes the store of stages [0, stop) from the images; returns seconds."""
+    t0 = time.perf_counter()
+    store = self.new_store(0, stop)
+    if store is None:
+      raise UsageError(f"the feature store of stages 0-{stop - 1} does not fit; "
+                       "raise --feature-memory-gb or free disk space")
+    extract = self._compile_extract(0, stop)
+    bs = self.cfg.batch_size
+    order = np.arange(self.n_train)
+    for i in range(0, self.n_train, bs):
+      idx = order[i:i + bs]
+      padded = np.concatenate([idx, order[:bs - len(idx)]]) if len(idx) < bs else idx
+      feats = np.asarray(extract.fn(self.variables[:stop], self.images.read(padded)))
+      store.write(idx, feats[:len(idx)])
+    store.finalize()
+    self._replace_store(store)
+    return time.perf_counter() - t0
+
+  def _replace_store(self, store: FeatureStore) -> None:
+    # The old store is deleted only after the next checkpoint: until then a
+    # resume may still need it.
+    if self.store is not None:
+      self.retired_stores.append(self.store)
+    self.store = store
+
+  def delete_retired_store(self) -> None:
+    for store in self.retired_stores:
+      store.delete()
+    self.retired_stores = []
+
+  def clean_features_dir(self) -> None:
+    """Removes store files a killed run left behind (temporaries, superseded stores)."""
+    if self.features_dir is None or not self.features_dir.exists():
+      return
+    keep = f"features_0-{self.drop.store_cut}"
+    for p in self.features_dir.iterdir():
+      if not p.name.startswith(keep + ".") or ".tmp" in p.name:
+        p.unlink()
+
   # -- one epoch ---------------------------------------------------------------
 
-  def run_epoch(self, epoch: int, pending: tuple[int, int] | None, bar) -> dict:
-    cfg, cut = self.cfg, self.drop.cut
+  def run_epoch(self, epoch: int, bar, should_stop=None, on_step=None) -> dict:
+    cfg, d = self.cfg, self.drop
     times = dict(train_s=0.0, extract_store_s=0.0, compile_s=0.0)
-    if self.compiled_for != cut:
-      self.step_fn = self._compile_step(cut)
-      self.compiled_for = cut
-      times["compile_s"] += self.step_fn.seconds
     extract = new_store = None
-    if pending is not None:
-      start, stop = pending
-      in_struct = self._head_input_struct(start)
-      extract = self._compile_extract(start, stop, in_struct)
-      times["compile_s"] += extract.seconds
-      new_store = FeatureStore(
-          self.n_train, self.shapes[stop - 1], cfg.feature_dtype, (0, stop),
-          directory=None if self.run_dir is None else self.run_dir.path / "features",
-          memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)))
+    if d.pending is not None:
+      start, stop = d.pending
+      new_store = self.new_store(start, stop)
+      if new_store is not None:
+        extract = self._compile_extract(start, stop)
+        times["compile_s"] += extract.seconds
+    read_cut = d.store_cut                        # what this epoch's batches come from
+    step_cut = d.pending[1] if extract is not None else d.store_cut   # what the step reads
+    if self.compiled_for != (step_cut, d.cut):
+      self.step_fn = self._compile_step(step_cut, d.cut)
+      self.compiled_for = (step_cut, d.cut)
+      times["compile_s"] += self.step_fn.seconds
     t_epoch = time.perf_counter()
-    state = self._head_state(cut)
+    source = self.source
+    state = self._head_state(d.cut)
     scores = scoring.init(state.params)
-    frozen_vars = self.variables[:cut] if self.strategy == "freeze" else []
-    tail_vars = self.variables[pending[0]:pending[1]] if pending else None
+    frozen_vars = self.variables[step_cut:d.cut]
+    tail_vars = self.variables[read_cut:step_cut]
     perm = epoch_permutation(cfg.seed, epoch, self.n_train)
-    y_all = self.data.y_train
     bs = cfg.batch_size
     metrics, to_store = [], []
     for s in range(self.steps_per_epoch):
+      if should_stop is not None and should_stop():
+        raise Interrupted()
       idx = perm[s * bs:(s + 1) * bs]
-      x = self.source.read(idx)
+      x = source.read(idx)
       if extract is not None:
         if metrics:   # let the queued step finish, so the timer sees extraction alone
           metrics[-1]["loss"].block_until_ready()
@@ -170,56 +262,82 @@ class Trainer:
         x = extract.fn(tail_vars, x).block_until_ready()
         times["extract_store_s"] += time.perf_counter() - t0
         to_store.append((idx, x))
-      step = epoch * self.steps_per_epoch + s
-      state, scores, m = self.step_fn.fn(state, scores, frozen_vars, x, y_all[idx], self.key,
-                                         np.int32(step))
+      if on_step is not None:
+        on_step(epoch, s, "extract" if extract is not None else "train")
+      state, scores, m = self.step_fn.fn(state, scores, frozen_vars, x, self.data.y_train[idx],
+                                         self.key, np.int32(epoch * self.steps_per_epoch + s))
       metrics.append(m)
-      if len(to_store) > 1:   # write the previous batch while this step runs
+      if new_store is not None and len(to_store) > 1:   # write the previous batch meanwhile
         t0 = time.perf_counter()
-        new_store.write(*self._to_host(to_store.pop(0)))
+        new_store = self._store_write(new_store, to_store.pop(0))
         times["extract_store_s"] += time.perf_counter() - t0
       if s >= 2:   # bound the work in flight without a sync on the newest step
         metrics[s - 2]["loss"].block_until_ready()
       bar.update(1)
-    if extract is not None:
+    if new_store is not None:
       t0 = time.perf_counter()
-      for item in to_store:
-        new_store.write(*self._to_host(item))
-      rest = perm[self.steps_per_epoch * bs:]
-      for i in range(0, len(rest), bs):   # examples this epoch's batches left out
-        idx = rest[i:i + bs]
-        padded = np.concatenate([idx, perm[:bs - len(idx)]])
-        feats = np.asarray(extract.fn(tail_vars, self.source.read(padded)))
-        new_store.write(idx, feats[:len(idx)])
-      new_store.finalize()
+      new_store = self._finish_store(new_store, to_store, extract, tail_vars, source, perm)
       times["extract_store_s"] += time.perf_counter() - t0
     jax.block_until_ready(state)
-    epoch_s = time.perf_counter() - t_epoch
-    times["train_s"] = epoch_s - times["extract_store_s"]
-    self._write_back(cut, state)
-    if new_store is not None:
-      if self.store is not None:
-        self.store.delete()
-      self.store = self.source = new_store
+    times["train_s"] = time.perf_counter() - t_epoch - times["extract_store_s"]
     host = jax.device_get(metrics)
+    losses = np.asarray([m["loss"] for m in host])
+    if not np.all(np.isfinite(losses)):
+      bad = int(np.argmin(np.isfinite(losses)))
+      raise TrainingDiverged(f"loss became {losses[bad]} at epoch {epoch + 1}, step {bad + 1}; "
+                             "lower --lr (the last good checkpoint is kept)")
+    self._write_back(d.cut, state)
+    store_info = None
+    if d.pending is not None:
+      if new_store is not None:
+        self._replace_store(new_store)
+        d.store_cut = d.pending[1]
+        store_info = dict(bytes=new_store.nbytes, stage_range=[0, d.store_cut],
+                          backing="memory" if new_store.in_memory else "npy",
+                          dtype=cfg.feature_dtype)
+      extracted, d.pending = d.pending if new_store is not None else None, None
+    else:
+      extracted = None
     seen = self.steps_per_epoch * bs
-    return dict(times=times, scores=scores,
-                loss=float(np.mean([m["loss"] for m in host])),
-                train_accuracy=100.0 * float(sum(m["correct"] for m in host)) / seen,
-                store=None if new_store is None else dict(
-                    bytes=new_store.nbytes, backing="memory" if new_store.in_memory else "npy",
-                    stage_range=[0, pending[1]], dtype=cfg.feature_dtype))
+    return dict(times=times, scores=scores, extracted=extracted, store=store_info,
+                loss=float(losses.mean()),
+                train_accuracy=100.0 * float(sum(m["correct"] for m in host)) / seen)
 
-  @staticmethod
-  def _to_host(item):
+  def _store_write(self, store: FeatureStore | None, item) -> FeatureStore | None:
+    """Writes one batch; on an I/O error, abandons the store (the run goes on frozen)."""
+    if store is None:
+      return None
     idx, x = item
-    return idx, np.asarray(x)
+    try:
+      store.write(idx, np.asarray(x))
+      return store
+    except OSError as e:
+      store.delete()
+      return self._cannot_store(store.stage_range[1], f"write failed: {e}")
+
+  def _finish_store(self, store, to_store, extract, tail_vars, source, perm):
+    for item in to_store:
+      store = self._store_write(store, item)
+    bs = self.cfg.batch_size
+    rest = perm[self.steps_per_epoch * bs:]
+    for i in range(0, len(rest), bs):   # examples this epoch's batches left out
+      idx = rest[i:i + bs]
+      padded = np.concatenate([idx, perm[:bs - len(idx)]])
+      feats = extract.fn(tail_vars, source.read(padded))
+      store = self._store_write(store, (idx, np.asarray(feats)[:len(idx)]))
+    if store is None:
+      return None
+    try:
+      store.finalize()
+      return store
+    except OSError as e:
+      store.delete()
+      return self._cannot_store(store.stage_range[1], f"finalize failed: {e}")
 
   def evaluate(self) -> dict:
     fn = self.eval_fn.fn
     x, y = self.data.x_test, self.data.y_test
     bs = min(self.cfg.eval_batch_size, len(x))
-    total = {"loss": 0.0, "correct": 0}
     outs = []
     for i in range(0, len(x), bs):
       xb, yb = x[i:i + bs], y[i:i + bs]
@@ -229,122 +347,32 @@ class Trainer:
         xb = np.concatenate([xb, np.zeros((bs - n, *xb.shape[1:]), xb.dtype)])
         yb = np.concatenate([yb, np.zeros((bs - n,), yb.dtype)])
       outs.append(fn(self.variables, xb, yb, mask))
-    for o in jax.device_get(outs):
-      total["loss"] += float(o["loss"])
-      total["correct"] += int(o["correct"])
-    return {"test_loss": total["loss"] / len(x),
-            "test_accuracy": 100.0 * total["correct"] / len(x)}
+    outs = jax.device_get(outs)
+    return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
+            "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
 
   # -- decisions ---------------------------------------------------------------
 
-  def score_and_decide(self, scores: scoring.ScoreState, epoch: int) -> tuple[dict, tuple | None]:
+  def score_and_decide(self, scores: scoring.ScoreState, epoch: int) -> dict:
     """Scores the head's conv stages; for freeze/drop after the warm-up, decides."""
-    cut, n_conv = self.drop.cut, self.model.num_conv
-    n_scored = n_conv - cut
+    d, n_conv = self.drop, self.model.num_conv
+    n_scored = n_conv - d.cut
     sums, abs_sums = jax.device_get((scores.sum[:n_scored], scores.abs_sum[:n_scored]))
     p = scoring.layer_scores(sums, abs_sums)
-    record = {"stages": list(self.model.stage_names[cut:n_conv]),
+    record = {"stages": list(self.model.stage_names[d.cut:n_conv]),
               "P": p.tolist(), "P_std": scoring.standardize(p).tolist(),
               "aapd": scoring.aapd(abs_sums).tolist()}
-    decision, pending = None, None
-    may_decide = (self.strategy != "sgd" and epoch >= self.cfg.warmup
-                  and epoch < self.cfg.epochs - 1 and n_scored > 1)
-    if may_decide:
-      d = scoring.decide(p, self.drop.dropped_std_scores)
-      decision = {"n_star": d.n_star, "Mc": d.median_candidates, "Md": d.median_dropped,
-                  "drop": d.drop}
-      if d.drop:
-        new_cut = cut + d.n_star
-        self.drop.dropped_std_scores += d.std_scores[:d.n_star].tolist()
-        self.drop.events.append({"epoch": epoch + 1, "stages_dropped": d.n_star,
-                                 "cut": new_cut})
+    decision = None
+    if (self.strategy != "sgd" and epoch >= self.cfg.warmup
+        and epoch < self.cfg.epochs - 1 and n_scored > 1):
+      dec = scoring.decide(p, d.dropped_std_scores)
+      decision = {"n_star": dec.n_star, "Mc": dec.median_candidates,
+                  "Md": dec.median_dropped, "drop": dec.drop}
+      if dec.drop:
+        new_cut = d.cut + dec.n_star
+        d.dropped_std_scores += dec.std_scores[:dec.n_star].tolist()
+        d.events.append({"epoch": epoch + 1, "stages_dropped": dec.n_star, "cut": new_cut})
         if self.strategy == "drop":
-          pending = (cut, new_cut)
-        self.drop.cut = new_cut
-        decision["new_cut"] = new_cut
-    return {"scores": record, "decision": decision}, pending
-
-
-def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
-        variables: list[dict] | None = None, run_dir: RunDir | None = None,
-        progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
-  """Trains `model` on `data` with `strategy`; returns the run's summary dict.
-
-  `variables` are the initial per-stage variables (default: `model.init` with
-  `cfg.seed`); pass the same ones to compare strategies from the same start.
-  """
-  if strategy not in STRATEGIES:
-    raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-  cfg.validate(len(data.x_train))
-  cfg.validate_strategies([strategy])
-  if variables is None:
-    variables = model.init(jax.random.key(cfg.seed), data.image_shape)
-  trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
-  pending, train_time, compile_time = None, 0.0, trainer.eval_fn.seconds
-  forward_total = train_total = 0
-  total = cfg.epochs * trainer.steps_per_epoch
-  try:
-    with progress_bar(total, f"{strategy:>6} {model.name}", enabled=progress) as bar:
-      for epoch in range(cfg.epochs):
-        cut, extracted = trainer.drop.cut, pending
-        out = trainer.run_epoch(epoch, pending, bar)
-        record, pending = trainer.score_and_decide(out.pop("scores"), epoch)
-        t0 = time.perf_counter()
-        ev = trainer.evaluate()
-        eval_s = time.perf_counter() - t0
-        times = out.pop("times") | {"eval_s": eval_s}
-        train_time += times["train_s"] + times["extract_store_s"] + times["compile_s"]
-        compile_time += times["compile_s"]
-        rec = _epoch_record(trainer, epoch, cut, extracted, out, ev, times) | record
-        forward_total += rec["forward_macs"] * trainer.n_train
-        train_total += rec["train_macs"] * trainer.n_train
-        if run_dir is not None:
-          run_dir.append_metrics(rec)
-        if on_epoch is not None:
-          on_epoch(rec)
-        bar.set_postfix(loss=f"{rec['loss']:.3f}", test=f"{ev['test_accuracy']:.2f}%",
-                        cut=trainer.drop.cut)
-  finally:
-    if trainer.store is not None and run_dir is not None:
-      trainer.store.delete()
-  summary = {
-      "strategy": strategy, "model": model.name, "dataset": data.name, "epochs": cfg.epochs,
-      "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"],
-      "train_time_s": train_time, "compile_time_s": compile_time,
-      "drop_events": trainer.drop.events, "final_cut": trainer.drop.cut,
-      "param_l2": param_l2(trainer.variables),
-      "forward_macs_total": forward_total, "train_macs_total": train_total,
-  }
-  if run_dir is not None:
-    run_dir.write_summary(summary)
-  summary["variables"] = trainer.variables
-  return summary
-
-
-def _epoch_record(trainer: Trainer, epoch: int, cut: int, extracted: tuple[int, int] | None,
-                  out: dict, ev: dict, times: dict) -> dict:
-  """The metrics.jsonl line of one epoch.
-
-  `cut`: the stages frozen/dropped while it trained; `extracted`: the stage
-  range this epoch ran once to fill the store (drop only). MACs are per
-  example: `forward_macs` of the forward pass, `train_macs` of forward and
-  backward (see `costs.training_macs`), both including the extraction.
-  """
-  macs, strategy = trainer.macs, trainer.strategy
-  forward_from = cut if strategy == "drop" else 0
-  extra = sum(macs[extracted[0]:extracted[1]]) if extracted else 0
-  return {
-      "epoch": epoch + 1, "strategy": strategy,
-      "lr": float(lr_schedule(trainer.cfg, trainer.steps_per_epoch)(
-          epoch * trainer.steps_per_epoch)),
-      "loss": out["loss"], "train_accuracy": out["train_accuracy"],
-      "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"],
-      "time": times | {"epoch_s": sum(times.values())},
-      "dropped_stages": cut,
-      "trainable_params": count_params(trainer.variables[cut:]),
-      "forward_params": count_params(trainer.variables[forward_from:]),
-      "forward_macs": int(sum(macs[forward_from:]) + extra),
-      "train_macs": int(costs.training_macs(macs, cut, strategy) + extra),
-      "xla_step_flops": trainer.step_fn.flops,
-      "store": out["store"],
-  }
+          d.pending = (d.store_cut, new_cut)
+        d.cut = decision["new_cut"] = new_cut
+    return {"scores": record, "decision": decision}

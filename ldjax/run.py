@@ -13,8 +13,9 @@ line with exit status 2, before anything is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from ldjax import compare
 from ldjax.config import STRATEGIES, TrainConfig, preset_for
 from ldjax.errors import UsageError
+from ldjax.loop import Interrupted, TrainingDiverged
 from ldjax.models import MODEL_NAMES
 
 DEFAULT_STRATEGIES = "sgd,drop"
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     help="directory for config.json, metrics.jsonl, summary.json (one sub-directory "
          "per strategy when several); default runs/<dataset>-<model>-<time>")
   a("--overwrite", action="store_true", help="allow writing into a work directory that holds a run")
+  a("--resume", action="store_true",
+    help="continue the run in --workdir from its last checkpoint (same settings)")
   a("--no-progress", action="store_true", help="hide the progress bars")
   return p
 
@@ -94,12 +98,40 @@ def default_workdir(cfg: TrainConfig) -> Path:
   return Path("runs") / f"{tag}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_workdir(path: Path, overwrite: bool) -> None:
+def check_workdir(path: Path, overwrite: bool, resume: bool) -> None:
   if path.exists() and not path.is_dir():
     raise UsageError(f"--workdir {str(path)!r} is a file; give a directory")
-  if path.is_dir() and any(path.rglob("summary.json")) and not overwrite:
-    raise UsageError(f"work directory {str(path)!r} already holds a run; pass --overwrite "
-                     "or choose another --workdir")
+  if resume:
+    if not path.is_dir():
+      raise UsageError(f"--resume needs an existing --workdir; {str(path)!r} does not exist")
+    return
+  if path.is_dir() and any(path.rglob("metrics.jsonl")) and not overwrite:
+    raise UsageError(f"work directory {str(path)!r} already holds a run; pass --resume to "
+                     "continue it, --overwrite to replace it, or choose another --workdir")
+  if path.is_dir() and overwrite:
+    for child in ("sgd", "freeze", "drop", "checkpoints", "features"):
+      shutil.rmtree(path / child, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stop_on_sigint():
+  """While active, Ctrl-C asks the run to stop at the next step instead of raising
+  KeyboardInterrupt anywhere (a second Ctrl-C does raise it)."""
+  flag = {"stop": False}
+
+  def handler(signum, frame):
+    if flag["stop"]:
+      raise KeyboardInterrupt
+    flag["stop"] = True
+  try:
+    previous = signal.signal(signal.SIGINT, handler)
+  except ValueError:   # not the main thread: leave signals alone
+    yield lambda: False
+    return
+  try:
+    yield lambda: flag["stop"]
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,23 +143,34 @@ def main(argv: list[str] | None = None) -> int:
     cfg.validate()
     cfg.validate_strategies(strategies)
     data, model = compare.prepare(cfg, strategies)
+    if args.resume and not args.workdir:
+      raise UsageError("--resume needs the --workdir of the run to continue")
     workdir = Path(args.workdir) if args.workdir else default_workdir(cfg)
-    check_workdir(workdir, args.overwrite)
+    check_workdir(workdir, args.overwrite, args.resume)
     created = None if workdir.exists() else workdir
     print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
           f"{len(data.x_train)} train / {len(data.x_test)} test images "
           f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "
           f"{cfg.epochs} epochs, warm-up {cfg.warmup}; work directory {workdir}", flush=True)
-    summaries = compare.run_strategies(cfg, strategies, workdir, data=data, model=model,
-                                       progress=not args.no_progress)
+    with stop_on_sigint() as should_stop:
+      summaries = compare.run_strategies(cfg, strategies, workdir, data=data, model=model,
+                                         progress=not args.no_progress, resume=args.resume,
+                                         should_stop=should_stop)
   except UsageError as e:
     if created is not None and created.exists():
       shutil.rmtree(created, ignore_errors=True)
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"interrupted; completed epochs are in {workdir}", file=sys.stderr)
+  except Interrupted:
+    again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+    if not args.workdir:
+      again += ["--workdir", str(workdir)]
+    print(f"\ninterrupted: the last complete epoch is saved in {workdir}; resume with:\n"
+          f"  python -m ldjax.run {' '.join(again)} --resume", file=sys.stderr)
     return 130
+  except TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   if len(strategies) > 1:
     print((workdir / "comparison.md").read_text())
   else:

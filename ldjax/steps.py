@@ -83,13 +83,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array,
                y: jax.Array, rng: jax.Array, *, head_stages: Sequence[nn.Module],
                frozen_stages: Sequence[nn.Module], tx: optax.GradientTransformation,
-               mean: Sequence[float], std: Sequence[float]):
-  """One SGD step of the head. Returns (new state, metrics, per-stage gradients)."""
+               mean: Sequence[float], std: Sequence[float], head_index: int = 0):
+  """One SGD step of the head. Returns (new state, metrics, per-stage gradients).
+
+  `head_index` is the head's position in the whole model; it keys the
+  dropout randomness so that every split of the model draws the same masks.
+  """
   h = prepare_input(x, mean, std)
   if frozen_stages:
     h, _ = apply_stages(frozen_stages, frozen_variables, h, train=False)
     h = jax.lax.stop_gradient(h)
-  first = len(frozen_stages)
+  first = head_index
 
   def loss_fn(params):
     variables = merge_variables(params, state.batch_stats)
@@ -146,7 +150,3 @@ def compile_fn(fn, *example_args, donate_argnums=(), **static) -> Compiled:
   compiled = jitted.lower(*example_args).compile()
   seconds = time.perf_counter() - t0
   return Compiled(compiled, seconds, costs.xla_flops(compiled))
-
-
-def shape_of(x) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct(np.shape(x), x.dtype)

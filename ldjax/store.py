@@ -67,6 +67,7 @@ class FeatureStore:
     self.path = None if directory is None else (
         Path(directory) / f"features_{stage_range[0]}-{stage_range[1]}.npy")
     self.complete = False
+    self._memmap = None
     if self.in_memory:
       self._array = np.empty(self.shape, self.dtype)
     else:
@@ -109,11 +110,53 @@ class FeatureStore:
 
   def delete(self) -> None:
     """Frees the memory or removes the files (also a half-written temporary)."""
-    self._array = None
+    self._array = self._memmap = None
     if self.path is not None:
       for p in (self.path, self._tmp_path, self.manifest_path):
         if p.exists():
           p.unlink()
+
+
+class StoreError(Exception):
+  """A store on disk is missing, incomplete, damaged or of another configuration."""
+
+
+def open_store(directory: str | os.PathLike, stage_range: tuple[int, int],
+               shape: Sequence[int], dtype: str) -> "FeatureStore":
+  """Opens a finalized on-disk store after checking its manifest and checksums.
+
+  Raises StoreError saying what is wrong; a store that fails any check must
+  be rebuilt, never used.
+  """
+  path = Path(directory) / f"features_{stage_range[0]}-{stage_range[1]}.npy"
+  manifest_path = path.with_suffix(".json")
+  if not manifest_path.exists() or not path.exists():
+    raise StoreError(f"{path.name} or its manifest is missing")
+  try:
+    manifest = json.loads(manifest_path.read_text())
+  except (OSError, ValueError) as e:
+    raise StoreError(f"manifest {manifest_path.name} is unreadable ({e})") from None
+  expected = {"shape": [int(s) for s in shape], "dtype": dtype,
+              "stage_range": list(stage_range)}
+  for key, value in expected.items():
+    if manifest.get(key) != value:
+      raise StoreError(f"{path.name} was made with {key}={manifest.get(key)} "
+                       f"but {value} is needed")
+  try:
+    array = load_array(path, dtype)
+  except (OSError, ValueError) as e:
+    raise StoreError(f"{path.name} cannot be read ({e})") from None
+  if list(array.shape) != expected["shape"]:
+    raise StoreError(f"{path.name} holds shape {list(array.shape)}, expected {expected['shape']}")
+  if chunk_checksums(array) != manifest.get("checksums"):
+    raise StoreError(f"{path.name} fails its checksum (damaged on disk)")
+  store = FeatureStore.__new__(FeatureStore)
+  store.dtype_name, store.dtype = dtype, storage_dtype(dtype)
+  store.shape, store.stage_range = tuple(array.shape), tuple(stage_range)
+  store.nbytes = int(array.nbytes)
+  store.in_memory, store.path, store.complete = False, path, True
+  store._array, store._memmap, store.manifest = array, None, manifest
+  return store
 
 
 def load_array(path: str | os.PathLike, dtype: str) -> np.ndarray:

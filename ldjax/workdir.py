@@ -61,9 +61,26 @@ class RunDir:
       f.write(json.dumps(record) + "\n")
       f.flush()
 
+  def truncate_metrics(self, epochs: int) -> None:
+    """Keeps the lines of epochs 1..`epochs` (a resumed run rewrites the rest)."""
+    lines = []
+    if self.metrics_path.exists():
+      lines = [line for line in self.metrics_path.read_text().splitlines()
+               if line.strip() and _complete_epoch(line, epochs)]
+    tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, self.metrics_path)
+
   def write_summary(self, summary: dict) -> None:
     write_json_atomic(self.path / "summary.json", summary)
 
   def read_metrics(self) -> list[dict]:
     with open(self.metrics_path) as f:
       return [json.loads(line) for line in f if line.strip()]
+
+
+def _complete_epoch(line: str, epochs: int) -> bool:
+  try:
+    return json.loads(line)["epoch"] <= epochs
+  except (ValueError, KeyError, TypeError):   # a line cut short by a kill
+    return False

@@ -1,0 +1,191 @@
+"""`fit`: one strategy's run, epoch by epoch, with per-epoch records and checkpoints.
+
+Each epoch: train (`loop.Trainer.run_epoch`), score and decide, evaluate the
+full model on the test set, append a line to `metrics.jsonl`, checkpoint.
+With `resume=True`, a run continues from its last complete checkpoint: the
+variables, optimizer states and drop state are restored, `metrics.jsonl` is
+cut back to that epoch, and the feature store is verified against its
+manifest (and rebuilt from the dropped stages if it is missing or damaged).
+A killed run so loses at most the epoch in flight and, on the CPU, ends with
+the same decisions and weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+
+import jax
+
+from ldjax import costs
+from ldjax.checkpoint import Checkpointer, check_compatible
+from ldjax.config import STRATEGIES, TrainConfig
+from ldjax.data import Dataset
+from ldjax.errors import UsageError
+from ldjax.loop import DropState, Trainer, lr_schedule, param_l2
+from ldjax.models import StagedModel, count_params
+from ldjax.progress import progress_bar
+from ldjax.store import StoreError, open_store
+from ldjax.workdir import RunDir
+
+
+def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str) -> dict:
+  """Settings a checkpoint must share with the run that resumes it."""
+  return {"strategy": strategy, "model": model.name, "stage_names": list(model.stage_names),
+          "width": cfg.width, "batch_norm": cfg.batch_norm, "dataset": data.name,
+          "image_shape": list(data.image_shape), "num_classes": data.num_classes,
+          "num_train": len(data.x_train), "num_test": len(data.x_test), "epochs": cfg.epochs,
+          "warmup": cfg.warmup, "batch_size": cfg.batch_size, "lr": cfg.lr,
+          "lr_decay_epoch": cfg.lr_decay_epoch, "momentum": cfg.momentum, "seed": cfg.seed,
+          "feature_dtype": cfg.feature_dtype}
+
+
+def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
+        variables: list[dict] | None = None, run_dir: RunDir | None = None,
+        resume: bool = False, progress: bool = True,
+        on_epoch: Callable[[dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int, str], None] | None = None) -> dict:
+  """Trains `model` on `data` with `strategy`; returns the run's summary dict.
+
+  Args:
+    variables: initial per-stage variables (default: `model.init` with
+      `cfg.seed`); pass the same ones to compare strategies from one start.
+    run_dir: where metrics, checkpoints and large feature stores go; without
+      it nothing is written and stores stay in memory.
+    resume: continue from the last checkpoint in `run_dir`, if any.
+    should_stop: polled every step; when it returns True the run raises
+      `loop.Interrupted` (the last complete epoch is checkpointed).
+    on_epoch, on_step: callbacks with each epoch's record, and with
+      (epoch, step, phase) before each step.
+  """
+  if strategy not in STRATEGIES:
+    raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+  cfg.validate(len(data.x_train))
+  cfg.validate_strategies([strategy])
+  if variables is None:
+    variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+  trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
+  ckpt = None if run_dir is None else Checkpointer(run_dir.path / "checkpoints")
+  fp = fingerprint(model, data, cfg, strategy)
+  totals = {"train_time_s": 0.0, "compile_time_s": trainer.eval_fn.seconds,
+            "forward_macs_total": 0, "train_macs_total": 0}
+  start, ev = 0, None
+  if resume and ckpt is not None and ckpt.latest_epoch() is not None:
+    start, ev = _restore(trainer, ckpt, totals, fp)
+  elif run_dir is not None:
+    run_dir.start_metrics()
+  total_steps = cfg.epochs * trainer.steps_per_epoch
+  with progress_bar(total_steps, f"{strategy:>6} {model.name}", enabled=progress) as bar:
+    bar.update(start * trainer.steps_per_epoch)
+    for epoch in range(start, cfg.epochs):
+      cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
+      out = trainer.run_epoch(epoch, bar, should_stop, on_step)
+      record = trainer.score_and_decide(out.pop("scores"), epoch)
+      t0 = time.perf_counter()
+      ev = trainer.evaluate()
+      times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
+      rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev, times) | record
+      totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
+      totals["compile_time_s"] += times["compile_s"]
+      totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
+      totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
+      if run_dir is not None:
+        run_dir.append_metrics(rec)
+        ckpt.save(epoch + 1, {"variables": trainer.variables, "opt_states": trainer.opt_states},
+                  _meta(trainer, epoch + 1, totals, ev, fp))
+      trainer.delete_retired_store()
+      if on_epoch is not None:
+        on_epoch(rec)
+      bar.set_postfix(loss=f"{rec['loss']:.3f}", test=f"{ev['test_accuracy']:.2f}%",
+                      cut=trainer.drop.cut)
+  summary = {"strategy": strategy, "model": model.name, "dataset": data.name,
+             "epochs": cfg.epochs, "test_accuracy": ev["test_accuracy"],
+             "test_loss": ev["test_loss"], **totals,
+             "drop_events": trainer.drop.events, "final_cut": trainer.drop.cut,
+             "final_store_cut": trainer.drop.store_cut,
+             "store_fallbacks": trainer.store_fallbacks,
+             "param_l2": param_l2(trainer.variables)}
+  if run_dir is not None:
+    run_dir.write_summary(summary)
+    ckpt.close()
+  if trainer.store is not None:   # a cache: the run is complete, free the disk
+    trainer.store.delete()
+  summary["variables"] = trainer.variables
+  return summary
+
+
+def _meta(trainer: Trainer, epochs_done: int, totals: dict, ev: dict, fp: dict) -> dict:
+  d = trainer.drop
+  return {"epoch": epochs_done, "fingerprint": fp, "totals": totals, "eval": ev,
+          "drop": {"cut": d.cut, "store_cut": d.store_cut,
+                   "dropped_std_scores": d.dropped_std_scores, "events": d.events,
+                   "pending": None if d.pending is None else list(d.pending)},
+          "store_fallbacks": trainer.store_fallbacks,
+          "store_manifest": None if trainer.store is None or trainer.store.path is None
+          else str(trainer.store.manifest_path)}
+
+
+def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
+  """Loads the last checkpoint into `trainer`; returns (first epoch to run, last eval)."""
+  like = {"variables": trainer.variables, "opt_states": trainer.opt_states}
+  state, meta = ckpt.restore(like)
+  check_compatible(meta["fingerprint"], fp)
+  trainer.variables, trainer.opt_states = list(state["variables"]), list(state["opt_states"])
+  d = meta["drop"]
+  trainer.drop = DropState(d["cut"], d["store_cut"], list(d["dropped_std_scores"]),
+                           list(d["events"]), None if d["pending"] is None else tuple(d["pending"]))
+  trainer.store_fallbacks = list(meta.get("store_fallbacks", []))
+  totals.update(meta["totals"])
+  epoch = int(meta["epoch"])
+  trainer.run_dir.truncate_metrics(epoch)
+  trainer.clean_features_dir()
+  if trainer.drop.store_cut > 0:
+    _reopen_store(trainer)
+  return epoch, meta["eval"]
+
+
+def _reopen_store(trainer: Trainer) -> None:
+  stop = trainer.drop.store_cut
+  shape = (trainer.n_train, *trainer.shapes[stop - 1])
+  try:
+    if trainer.features_dir is None:
+      raise StoreError("there is no work directory")
+    trainer.store = open_store(trainer.features_dir, (0, stop), shape, trainer.cfg.feature_dtype)
+  except StoreError as e:
+    warnings.warn(f"feature store of stages 0-{stop - 1} cannot be used ({e}); rebuilding it "
+                  "from the dropped stages' weights", stacklevel=3)
+    seconds = trainer.rebuild_store(stop)
+    warnings.warn(f"rebuilt the feature store in {seconds:.1f} s", stacklevel=3)
+
+
+def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: dict,
+                  ev: dict, times: dict) -> dict:
+  """The metrics.jsonl line of one epoch.
+
+  `cut` / `store_cut`: the cut positions while it trained; `out["extracted"]`:
+  the stage range it ran once to fill a new store (drop only). MACs are per
+  example: `forward_macs` of the forward pass, `train_macs` of forward and
+  backward (see `costs.training_macs`), both including the extraction.
+  """
+  macs = trainer.macs
+  extracted = out["extracted"]
+  forward_from = extracted[1] if extracted else store_cut
+  extra = sum(macs[extracted[0]:extracted[1]]) if extracted else 0
+  forward = sum(macs[forward_from:]) + extra
+  train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
+  return {
+      "epoch": epoch + 1, "strategy": trainer.strategy,
+      "lr": float(lr_schedule(trainer.cfg, trainer.steps_per_epoch)(
+          epoch * trainer.steps_per_epoch)),
+      "loss": out["loss"], "train_accuracy": out["train_accuracy"],
+      "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"],
+      "time": times | {"epoch_s": sum(times.values())},
+      "dropped_stages": cut, "stored_stages": forward_from,
+      "trainable_params": count_params(trainer.variables[cut:]),
+      "forward_params": count_params(trainer.variables[forward_from:]),
+      "forward_macs": int(forward), "train_macs": int(train),
+      "xla_step_flops": trainer.step_fn.flops,
+      "store": out["store"],
+  }
