@@ -32,14 +32,15 @@ DEFAULT_STRATEGIES = "sgd,drop"
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m ldjax.run", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      epilog="Unset settings come from the dataset's preset (see README).",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   a = p.add_argument
   a("--strategy", default=DEFAULT_STRATEGIES,
     help=f"one of {', '.join(STRATEGIES)}, or a comma list to run several from the same "
-         "initial weights and write a comparison table")
+         "initial weights and write a comparison table (default: sgd,drop)")
   a("--dataset", default="embedded",
     help="'embedded' (Fashion-MNIST subset shipped with ldjax), a TFDS name (mnist, "
-         "fashion_mnist, cifar10, imagenette/160px-v2), 'idx:DIR' or 'npz:FILE'")
+         "fashion_mnist, cifar10, imagenette/160px-v2), 'idx:DIR' or 'npz:FILE' (default: embedded)")
   a("--data-dir", default=None, help="TFDS data directory (default: TFDS's own)")
   a("--train-size", type=int, default=None, help="use a deterministic subset of N training images")
   a("--test-size", type=int, default=None, help="use a deterministic subset of N test images")
@@ -54,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
   a("--lr-decay-epoch", type=int, default=None,
     help="divide the learning rate by 10 from this epoch on (preset if unset)")
   a("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
-  a("--seed", type=int, default=0, help="seed of the initial weights, data order and dropout")
-  a("--feature-dtype", choices=("float32", "bfloat16"), default="float32",
-    help="dtype of the cached feature maps (bfloat16 halves their bytes)")
-  a("--feature-memory-gb", type=float, default=4.0,
-    help="feature stores up to this size stay in host memory; larger ones are "
+  a("--seed", type=int, default=0, help="seed of the initial weights, data order and dropout (default: 0)")
+  a("--feature-dtype", choices=("float32", "bfloat16"), default=None,
+    help="dtype of the cached feature maps (float32; bfloat16 halves their bytes)")
+  a("--feature-memory-gb", type=float, default=None,
+    help="feature stores up to this many GB (4) stay in host memory; larger ones are "
          "memory-mapped .npy files in the work directory")
-  a("--eval-batch-size", type=int, default=1000, help="batch size of test evaluation")
+  a("--eval-batch-size", type=int, default=None, help="batch size of test evaluation (1000)")
   a("--workdir", default=None,
     help="directory for config.json, metrics.jsonl, summary.json (one sub-directory "
          "per strategy when several); default runs/<dataset>-<model>-<time>")
