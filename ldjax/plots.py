@@ -26,12 +26,13 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from ldjax.report import Run, strategy_name, strategy_rank
 
-# The paper's Fig. 5/6 colours: SGD red, Freezing blue, Dropping green. SGD and
-# Freezing share forward params and MACs, so their lines differ in width and dash too.
+# The paper's Fig. 5/6 colours: SGD red, Freezing blue, Dropping green. Curves often
+# coincide (Freezing has SGD's forward pass, and often Dropping's accuracy), so SGD is
+# wide and pale underneath and Freezing dashed on top: every curve stays visible.
 STRATEGY_STYLE = {
-    "sgd": dict(color="tab:red", marker="o", ls="-", lw=3.0, alpha=0.55, ms=6),
-    "freeze": dict(color="tab:blue", marker="s", ls="--", lw=1.8, ms=4),
-    "drop": dict(color="tab:green", marker="^", ls="-", lw=1.8, ms=5),
+    "sgd": dict(color="tab:red", marker="o", ls="-", lw=3.0, alpha=0.55, ms=6, zorder=2),
+    "freeze": dict(color="tab:blue", marker="s", ls="--", lw=1.8, ms=4, zorder=4),
+    "drop": dict(color="tab:green", marker="^", ls="-", lw=1.8, ms=5, zorder=3),
 }
 OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:gray", "tab:olive")
 # plasma stops at 0.85: its last stretch is a pale yellow that vanishes on white.
@@ -168,6 +169,18 @@ def _comparisons(runs: Sequence[Run]) -> list[tuple[str, dict[str, list[Run]]]]:
   return out
 
 
+def _group_rows(groups: list, height: float, suptitle: str) -> tuple[Figure, list]:
+  """A figure with one row of two panels per group, the group's name above its row."""
+  fig = Figure(figsize=(14, height * len(groups)), layout="constrained")
+  subfigs = fig.subfigures(len(groups), 1, squeeze=False).ravel()
+  rows = []
+  for sub, (title, _) in zip(subfigs, groups):
+    sub.suptitle(title, fontsize=11)
+    rows.append(sub.subplots(1, 2))
+  fig.suptitle(suptitle, fontsize=13, fontweight="bold")
+  return fig, rows
+
+
 # Stacked parts of an epoch's time T: (metrics key, legend, face alpha, hatch).
 TIME_PARTS = (("train_s", "training", 1.0, None),
               ("extract_store_s", "feature extraction + storing", 0.3, "////"),
@@ -177,9 +190,8 @@ TIME_PARTS = (("train_s", "training", 1.0, None),
 def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
   """Fig. 5: test accuracy per epoch (left), time per epoch as stacked bars (right)."""
   groups = _comparisons(runs)
-  fig = Figure(figsize=(14, 4.6 * len(groups)), layout="constrained")
-  axes = fig.subplots(len(groups), 2, squeeze=False)
-  for (title, by_s), (ax_a, ax_t) in zip(groups, axes):
+  fig, rows = _group_rows(groups, 4.8, "Test accuracy and time per epoch (Fig. 5)")
+  for (title, by_s), (ax_a, ax_t) in zip(groups, rows):
     width = 0.8 / len(by_s)
     for i, (strategy, srs) in enumerate(by_s.items()):
       style = strategy_style(strategy, i)
@@ -187,7 +199,7 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
       x, acc, acc_std = _mean_over_seeds(srs, lambda m: m["test_accuracy"])
       ax_a.plot(x, acc, label=strategy_name(strategy), **style)
       if len(srs) > 1:
-        ax_a.fill_between(x, acc - acc_std, acc + acc_std, color=colour, alpha=0.15, lw=0)
+        ax_a.fill_between(x, acc - acc_std, acc + acc_std, color=colour, alpha=0.12, lw=0)
       bottom = np.zeros(len(x))
       for key, _, alpha, hatch in TIME_PARTS:
         _, y, _ = _mean_over_seeds(srs, lambda m: m.get("time", {}).get(key, 0.0))
@@ -195,7 +207,7 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
                  facecolor=(*colour, alpha), edgecolor=colour, hatch=hatch, lw=0.6)
         bottom += y
     ax_a.set_ylabel("test accuracy (%)")
-    ax_a.set_title(f"{title}: test accuracy", fontsize=10)
+    ax_a.set_title("test accuracy", fontsize=10)
     ax_a.legend(fontsize=9, title="strategy" + (" (band: ±1 std)" if "mean" in title else ""))
     _integer_epochs(ax_a)
     handles = [Patch(color=strategy_style(s, i)["color"], label=strategy_name(s))
@@ -204,9 +216,8 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
                 for _, label, a, h in TIME_PARTS]
     ax_t.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax_t.set_ylabel("time per epoch (s)")
-    ax_t.set_title(f"{title}: time per epoch (test evaluation excluded)", fontsize=10)
+    ax_t.set_title("time per epoch (test evaluation excluded)", fontsize=10)
     _integer_epochs(ax_t)
-  fig.suptitle("Test accuracy and time per epoch (Fig. 5)")
   fig.savefig(path, dpi=DPI)
   return path
 
@@ -214,14 +225,13 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
 def params_macs_figure(runs: Sequence[Run], path: Path) -> Path:
   """Fig. 6: forward parameters (left) and forward MMACs per example (right) per epoch."""
   groups = _comparisons(runs)
-  fig = Figure(figsize=(14, 4.4 * len(groups)), layout="constrained")
-  axes = fig.subplots(len(groups), 2, squeeze=False)
+  fig, rows = _group_rows(groups, 4.6, "Forward parameters and MACs per epoch (Fig. 6)")
   # (metrics key, scale, y label, title, tick formatter): parameters as 35k / 1.2M; MACs
   # already in the paper's MMACs, where an SI prefix would read as a second multiplier.
   panels = (("forward_params", 1.0, "forward parameters", "parameters in the forward pass",
              EngFormatter(sep="")),
             ("forward_macs", 1e-6, "forward MMACs per example", "forward MMACs", None))
-  for (title, by_s), row in zip(groups, axes):
+  for (title, by_s), row in zip(groups, rows):
     for ax, (key, scale, ylabel, what, formatter) in zip(row, panels):
       for i, (strategy, srs) in enumerate(by_s.items()):
         x, y, _ = _mean_over_seeds(srs, lambda m: m[key] * scale)
@@ -233,10 +243,9 @@ def params_macs_figure(runs: Sequence[Run], path: Path) -> Path:
       if formatter is not None:
         ax.yaxis.set_major_formatter(formatter)
       ax.set_ylabel(ylabel)
-      ax.set_title(f"{title}: {what}", fontsize=10)
+      ax.set_title(what, fontsize=10)
       ax.legend(fontsize=9, loc="lower left")
       _integer_epochs(ax)
-  fig.suptitle("Forward parameters and MACs per epoch (Fig. 6)")
   fig.savefig(path, dpi=DPI)
   return path
 

@@ -96,13 +96,15 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_metrics(path: Path) -> list[dict]:
+  lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
   out = []
-  for i, line in enumerate(path.read_text().splitlines(), 1):
-    if line.strip():
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+  for i, line in lines:
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i == lines[-1][0]:
+        break  # a run killed while appending its last line: the epochs before it stand
+      raise UsageError(f"{path}:{i}: not valid JSON ({e.msg})") from None
   return out
 
 
@@ -277,6 +279,11 @@ def _f(v, spec: str = ".2f") -> str:
   return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _mspec(v) -> str:
+  """MMACs: two decimals as in Table 3, but significant digits for the tiny test networks."""
+  return ",.2f" if v is None or abs(v) >= 1 else ".3g"
+
+
 def _ms(stat: dict | None, spec: str = ".2f") -> str:
   if stat is None:
     return "-"
@@ -324,7 +331,8 @@ def tables_markdown(t: dict) -> str:
                 "measured dT (%)"], 4)
   for r in t["table3"]:
     out.append(_row([r["network"], r["dataset"], r["width"], r["seed"],
-                     _f(r["sgd_forward_mmacs_epoch"]), _f(r["drop_forward_mmacs_epoch"]),
+                     *(_f(r[k], _mspec(r[k]))
+                       for k in ("sgd_forward_mmacs_epoch", "drop_forward_mmacs_epoch")),
                      _f(r["dForward_epoch_pct"]), _f(r["sgd_forward_macs_total"], ".3e"),
                      _f(r["drop_forward_macs_total"], ".3e"), _f(r["dForward_pct"]),
                      _f(r["dTrain_pct"]), _f(r["dT_pct"])]))
@@ -336,7 +344,8 @@ def tables_markdown(t: dict) -> str:
     for r in t["table3_seeds"]:
       st = r["stats"]
       out.append(_row([r["network"], r["dataset"], r["width"], len(r["seeds"]),
-                       _ms(st["sgd_forward_mmacs_epoch"]), _ms(st["drop_forward_mmacs_epoch"]),
+                       *(_ms(st[k], _mspec(st[k] and st[k]["mean"]))
+                         for k in ("sgd_forward_mmacs_epoch", "drop_forward_mmacs_epoch")),
                        _ms(st["dForward_pct"]), _ms(st["dTrain_pct"]), _ms(st["dT_pct"])]))
   out += ["", "fwd MMACs/epoch: forward multiply-accumulates per example, in millions, averaged "
           "over the epochs (an epoch that extracts features counts the dropped stages once). "
@@ -426,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {paths[0]} ({len(runs)} runs) and {len(paths) - 2} figures: "
+  print(f"wrote {paths[0]} ({len(runs)} run{'s' * (len(runs) != 1)}) and {len(paths) - 2} figures: "
         + ", ".join(p.name for p in paths[2:]))
   return 0
 
