@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 
+from ldjax import report
 from ldjax.config import TrainConfig
 from ldjax.data import Dataset, load_dataset
 from ldjax.train import fit
@@ -68,7 +69,6 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     table = comparison(summaries, network=model.name, dataset=data.name)
     write_json_atomic(workdir / "comparison.json", table)
     (workdir / "comparison.md").write_text(comparison_markdown(table))
-    from ldjax import report  # here: report imports this module
     report.report_comparison(workdir)
   return summaries
 
