@@ -95,7 +95,7 @@ class Trainer:
     self.tx = steps.make_optimizer(lr_schedule(cfg, self.steps_per_epoch), cfg.momentum)
     # A copy: the step donates its buffers, and callers reuse `variables`.
     self.variables = jax.tree.map(jnp.copy, list(variables))
-    self.opt_states = [self.tx.init(v["params"]) for v in self.variables]
+    self.opt_states = [self.tx.init(v.get("params", {})) for v in self.variables]
     self.norm = dict(mean=data.mean, std=data.std)
     self.shapes = stage_output_shapes(model, data.image_shape)
     self.macs = costs.stage_macs(model, data.image_shape)
@@ -363,7 +363,10 @@ class Trainer:
               "P": p.tolist(), "P_std": scoring.standardize(p).tolist(),
               "aapd": scoring.aapd(abs_sums).tolist()}
     decision = None
-    if (self.strategy != "sgd" and epoch >= self.cfg.warmup
+    # Algorithm 1 scores and decides in the epochs that train on `Data`, not in
+    # the save_features epoch that follows a drop; Freeze mirrors that.
+    after_drop = bool(d.events) and d.events[-1]["epoch"] == epoch
+    if (self.strategy != "sgd" and epoch >= self.cfg.warmup and not after_drop
         and epoch < self.cfg.epochs - 1 and n_scored > 1):
       dec = scoring.decide(p, d.dropped_std_scores)
       decision = {"n_star": dec.n_star, "Mc": dec.median_candidates,

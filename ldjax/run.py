@@ -25,6 +25,7 @@ from ldjax.config import STRATEGIES, TrainConfig, preset_for
 from ldjax.errors import UsageError
 from ldjax.loop import Interrupted, TrainingDiverged
 from ldjax.models import MODEL_NAMES
+from ldjax.workdir import ensure_writable
 
 DEFAULT_STRATEGIES = "sgd,drop"
 
@@ -143,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     cfg.validate()
     cfg.validate_strategies(strategies)
-    data, model = compare.prepare(cfg, strategies)
     if args.resume and not args.workdir:
       raise UsageError("--resume needs the --workdir of the run to continue")
     workdir = Path(args.workdir) if args.workdir else default_workdir(cfg)
     check_workdir(workdir, args.overwrite, args.resume)
     created = None if workdir.exists() else workdir
+    ensure_writable(workdir)   # before the slow part: loading data, building the model
+    data, model = compare.prepare(cfg, strategies)
     print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
           f"{len(data.x_train)} train / {len(data.x_test)} test images "
           f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "

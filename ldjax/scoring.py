@@ -98,7 +98,8 @@ def standardize(scores: Sequence[float]) -> np.ndarray:
   if p.size == 0:
     return p
   std = p.std()
-  if std == 0.0 or not np.isfinite(std):
+  # ptp, not std == 0: the std of equal floats can round to ~1e-16.
+  if np.ptp(p) == 0.0 or not np.isfinite(std):
     return np.zeros_like(p)
   return (p - p.mean()) / std
 

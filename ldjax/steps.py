@@ -46,7 +46,8 @@ def split_variables(variables: Sequence[dict]) -> tuple[list, list]:
 
 
 def merge_variables(params: Sequence[PyTree], batch_stats: Sequence[PyTree]) -> list[dict]:
-  return [{"params": p, **({"batch_stats": b} if b else {})}
+  """Inverse of `split_variables`; a stage keeps only the collections it has."""
+  return [{**({"params": p} if p else {}), **({"batch_stats": b} if b else {})}
           for p, b in zip(params, batch_stats, strict=True)]
 
 

@@ -195,11 +195,7 @@ def test_standardize_four_values():
 @pytest.mark.parametrize("value", [
     0.5,
     1.0,   # e.g. several stages without gradient
-    pytest.param(0.7, marks=pytest.mark.xfail(
-        strict=True,
-        reason="BUG: standardize tests `std == 0.0` exactly; the mean of three 0.7s is "
-               "0.7000000000000001, so std is ~1e-16 and P' comes out as all +-1 instead "
-               "of zeros")),
+    0.7,   # the std of three 0.7s rounds to ~1e-16, not 0
 ])
 def test_standardize_constant_is_zero(value):
   # All-equal scores: no stage differs from the mean -> P' = 0 everywhere (README 5).
