@@ -228,6 +228,9 @@ class Trainer:
   def run_epoch(self, epoch: int, bar, should_stop=None, on_step=None) -> dict:
     cfg, d = self.cfg, self.drop
     times = dict(train_s=0.0, extract_store_s=0.0, compile_s=0.0)
+    # CPU seconds of this process (all threads): a measure of the work done that,
+    # unlike wall time, barely moves when other jobs share the machine.
+    cpu0 = time.process_time()
     extract = new_store = None
     if d.pending is not None:
       start, stop = d.pending
@@ -280,6 +283,7 @@ class Trainer:
       times["extract_store_s"] += time.perf_counter() - t0
     jax.block_until_ready(state)
     times["train_s"] = time.perf_counter() - t_epoch - times["extract_store_s"]
+    cpu_s = time.process_time() - cpu0
     host = jax.device_get(metrics)
     losses = np.asarray([m["loss"] for m in host])
     if not np.all(np.isfinite(losses)):
@@ -299,7 +303,7 @@ class Trainer:
     else:
       extracted = None
     seen = self.steps_per_epoch * bs
-    return dict(times=times, scores=scores, extracted=extracted, store=store_info,
+    return dict(times=times, cpu_s=cpu_s, scores=scores, extracted=extracted, store=store_info,
                 loss=float(losses.mean()),
                 train_accuracy=100.0 * float(sum(m["correct"] for m in host)) / seen)
 

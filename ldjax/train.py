@@ -69,7 +69,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
   ckpt = None if run_dir is None else Checkpointer(run_dir.path / "checkpoints")
   fp = fingerprint(model, data, cfg, strategy)
-  totals = {"train_time_s": 0.0, "compile_time_s": trainer.eval_fn.seconds,
+  totals = {"train_time_s": 0.0, "train_cpu_s": 0.0, "compile_time_s": trainer.eval_fn.seconds,
             "forward_macs_total": 0, "train_macs_total": 0}
   start, ev = 0, None
   if resume and ckpt is not None and ckpt.latest_epoch() is not None:
@@ -86,8 +86,11 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
       t0 = time.perf_counter()
       ev = trainer.evaluate()
       times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
+      cpu_s = out.pop("cpu_s")
       rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev, times) | record
+      rec["cpu_s"] = cpu_s
       totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
+      totals["train_cpu_s"] += cpu_s
       totals["compile_time_s"] += times["compile_s"]
       totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
       totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
