@@ -1,0 +1,404 @@
+"""Benchmark of the Learn & Drop mechanism: where a drop run's time goes.
+
+Trains SGD and Drop with `ldjax.train.fit` in one process, from the same
+initial variables (progress bars off, each in its own work directory, as
+`python -m ldjax.run` does), then times the compiled pieces on their own and
+prints, side by side:
+
+1. the bare step time of the full model and of the head after each cut the
+   drop run used (each compiled as the loop compiles it, timed over
+   --timing-steps steps on inputs already on the device);
+2. the extraction of each drop: the run's `time.extract_store_s` against the
+   bare extraction function x the number of batches it ran;
+3. the drop run's wall time against its ideal, the sum over epochs of
+   steps_per_epoch x that epoch's bare head step time; the rest (setup,
+   compilation, extraction and store, evaluation, scoring, checkpoints, the
+   training loop's own cost beyond the bare steps, other Python) is the
+   overhead, PASS if under 10 % of the wall time;
+4. the realized speed-up (SGD train time / Drop train time, the paper's T)
+   against the ratio of training MACs (`train_macs_total` of the summaries);
+5. the SGD epochs' train time against the bare full-model step x
+   steps_per_epoch: the input pipeline's share, PASS if under 5 %.
+
+  python experiments/bench_drop.py [--timing-steps 20] [--repeats 3] [--out FILE.json] [LDJAX FLAGS]
+
+LDJAX FLAGS are those of `python -m ldjax.run` (--dataset, --model, --width,
+--epochs, --warmup, --lr, --batch-size, --train-size, ...); the default is its
+no-argument run: ResNet-18 at width 0.125 on the embedded Fashion-MNIST subset.
+E.g. `--dataset idx:/usr/share/datasets/fashion-mnist --train-size 12000`.
+Timings on a shared CPU are noisy: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [p for p in (os.path.dirname(HERE),) if p not in sys.path]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ldjax import checkpoint, compare, loop, run, scoring, store  # noqa: E402
+from ldjax.train import fit  # noqa: E402
+from ldjax.workdir import RunDir  # noqa: E402
+
+OVERHEAD_TARGET_PCT = 10.0
+INPUT_TARGET_PCT = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python experiments/bench_drop.py", description=__doc__.split("\n\n")[0],
+      epilog="Any other flag is passed to ldjax.run's parser (see python -m ldjax.run -h); "
+             "--strategy, --resume and --overwrite are ignored.")
+  p.add_argument("--timing-steps", type=int, default=20,
+                 help="steps per timing of a bare compiled step (default 20)")
+  p.add_argument("--repeats", type=int, default=3,
+                 help="timings per step function; the median is used (default 3)")
+  p.add_argument("--in-memory", action="store_true",
+                 help="run fit without a work directory (no checkpoints or metrics files)")
+  p.add_argument("--workdir", default=None,
+                 help="keep the two runs here (default: a temporary directory, removed)")
+  p.add_argument("--compilation-cache", default=None, metavar="DIR",
+                 help="turn on JAX's persistent compilation cache in DIR (ldjax does not), to "
+                      "see how much of the compilation it saves")
+  p.add_argument("--out", default=None, help="write the report as JSON here")
+  return p
+
+
+class Report:
+  """Printed lines, kept for the JSON too."""
+
+  def __init__(self):
+    self.lines: list[str] = []
+    self.data: dict = {}
+
+  def __call__(self, line: str = "") -> None:
+    print(line, flush=True)
+    self.lines.append(line)
+
+
+# -- instrumentation -----------------------------------------------------------
+
+@contextlib.contextmanager
+def timed_methods(targets: dict[str, tuple[object, str]]):
+  """Wraps methods to add their wall time to a dict (name -> [seconds, calls])."""
+  totals = defaultdict(lambda: [0.0, 0])
+  saved = []
+  for name, (owner, attr) in targets.items():
+    original = getattr(owner, attr)
+
+    def wrapper(*args, _original=original, _name=name, **kwargs):
+      t0 = time.perf_counter()
+      try:
+        return _original(*args, **kwargs)
+      finally:
+        totals[_name][0] += time.perf_counter() - t0
+        totals[_name][1] += 1
+    functools.update_wrapper(wrapper, original)
+    saved.append((owner, attr, original))
+    setattr(owner, attr, wrapper)
+  try:
+    yield totals
+  finally:
+    for owner, attr, original in saved:
+      setattr(owner, attr, original)
+
+
+# Costs paid once per run whatever its length.
+ONE_OFF = ("compilation (head steps, extraction)", "setup (Trainer: eval compile, shapes, MACs)",
+           "checkpointer open/close")
+
+# Everything fit does outside Trainer.run_epoch that may take time.
+TIMED = {
+    "setup (Trainer: eval compile, shapes, MACs)": (loop.Trainer, "__init__"),
+    "evaluation": (loop.Trainer, "evaluate"),
+    "scoring and decision": (loop.Trainer, "score_and_decide"),
+    "checkpoint save": (checkpoint.Checkpointer, "save"),
+    "checkpointer open/close": (checkpoint.Checkpointer, "__init__"),
+    "checkpointer close": (checkpoint.Checkpointer, "close"),
+    "metrics/summary files": (RunDir, "append_metrics"),
+    "retired store deletion": (loop.Trainer, "delete_retired_store"),
+    # Inside run_epoch's extract_store_s, so not categories of their own.
+    "store writes": (loop.Trainer, "_store_write"),
+    "store finalize": (store.FeatureStore, "finalize"),
+}
+NESTED = ("store writes", "store finalize")
+
+
+def train(model, data, cfg, strategy, variables, workdir):
+  """One strategy with fit; returns (summary, epoch records, wall seconds, method times)."""
+  records = []
+  run_dir = None
+  if workdir is not None:
+    run_dir = RunDir(os.path.join(workdir, strategy))
+    run_dir.write_config(cfg, strategy=strategy, model_name=model.name)
+  with timed_methods(TIMED) as totals:
+    t0 = time.perf_counter()
+    summary = fit(model, data, cfg, strategy, variables=variables, run_dir=run_dir,
+                  progress=False, on_epoch=records.append)
+    wall = time.perf_counter() - t0
+  summary.pop("variables")
+  totals["checkpointer open/close"][0] += totals.pop("checkpointer close", [0.0, 0])[0]
+  return summary, records, wall, {k: v[0] for k, v in totals.items()}
+
+
+# -- bare timings ----------------------------------------------------------------
+
+def _median_time(call, state, steps: int, repeats: int) -> tuple[float, list[float]]:
+  """Median seconds per call of `state = call(state, i)`, after two warm-up calls."""
+  for i in range(2):
+    state = call(state, i)
+  jax.block_until_ready(state)
+  per_step = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for i in range(steps):
+      state = call(state, i)
+    jax.block_until_ready(state)
+    per_step.append((time.perf_counter() - t0) / steps)
+  return float(np.median(per_step)), per_step
+
+
+def _device_input(trainer: loop.Trainer, start: int, batch: int, rng) -> jax.Array:
+  """A batch of the step's input on the device: images, or features of stage start-1."""
+  if start == 0:
+    return jax.device_put(trainer.data.x_train[:batch])
+  shape = (batch, *trainer.shapes[start - 1])
+  return jax.device_put(rng.standard_normal(shape).astype(trainer.feature_dtype))
+
+
+def time_head_step(trainer: loop.Trainer, store_cut: int, cut: int, steps: int,
+                   repeats: int) -> dict:
+  """Compiles the head step for (store_cut, cut) as the loop does; times it on device data."""
+  compiled = trainer._compile_step(store_cut, cut)   # pylint: disable=protected-access
+  bs = trainer.cfg.batch_size
+  # Copies: the step donates its state, and the trainer's variables are reused.
+  state = jax.tree.map(jnp.copy, trainer._head_state(cut))   # pylint: disable=protected-access
+  scores = scoring.init(state.params)
+  frozen = trainer.variables[store_cut:cut]
+  x = _device_input(trainer, store_cut, bs, np.random.default_rng(0))
+  y = jax.device_put(trainer.data.y_train[:bs])
+  step_ids = [jax.device_put(np.int32(i)) for i in range(steps)]
+
+  def call(carry, i):
+    st, sc = carry
+    st, sc, _ = compiled.fn(st, sc, frozen, x, y, trainer.key, step_ids[i % steps])
+    return st, sc
+  seconds, all_times = _median_time(call, (state, scores), steps, repeats)
+  return {"store_cut": store_cut, "cut": cut, "step_s": seconds, "repeats_s": all_times,
+          "compile_s": compiled.seconds, "xla_flops": compiled.flops}
+
+
+def time_extract(trainer: loop.Trainer, start: int, stop: int, steps: int, repeats: int) -> dict:
+  compiled = trainer._compile_extract(start, stop)   # pylint: disable=protected-access
+  bs = trainer.cfg.batch_size
+  x = _device_input(trainer, start, bs, np.random.default_rng(1))
+  tail = trainer.variables[start:stop]
+
+  def call(prev, i):
+    return compiled.fn(tail, x)
+  seconds, _ = _median_time(call, None, steps, repeats)
+  return {"start": start, "stop": stop, "batch_s": seconds, "compile_s": compiled.seconds}
+
+
+# -- the report ------------------------------------------------------------------
+
+def _pct(part: float, whole: float) -> float:
+  return 100.0 * part / whole if whole else math.nan
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args, rest = build_parser().parse_known_args(argv)
+  ld_args = run.build_parser().parse_args(rest)
+  cfg = run.config_from_args(ld_args)
+  if args.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  rep = Report()
+  rep(f"command: python experiments/bench_drop.py {shlex.join(argv)}".rstrip())
+  rep(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+      f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+  if args.compilation_cache:
+    rep(f"JAX's persistent compilation cache is on ({args.compilation_cache}); ldjax runs without it")
+  data, model = compare.prepare(cfg, ["sgd", "drop"])
+  variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+  timer = loop.Trainer(model, data, cfg, "drop", variables, None)   # compiles the timed steps
+  spe, bs = timer.steps_per_epoch, cfg.batch_size
+  rep(f"{model.name} width {cfg.width:g} on {data.name}: {len(data.x_train)} train / "
+      f"{len(data.x_test)} test images {'x'.join(map(str, data.image_shape))}, batch {bs}, "
+      f"{spe} steps per epoch, {cfg.epochs} epochs (warm-up {cfg.warmup}), lr {cfg.lr:g}")
+  steps, repeats = args.timing_steps, args.repeats
+  full_before = time_head_step(timer, 0, 0, steps, repeats)
+
+  workdir_ctx = (contextlib.nullcontext(None) if args.in_memory
+                 else contextlib.nullcontext(args.workdir) if args.workdir
+                 else tempfile.TemporaryDirectory(prefix="bench_drop_"))
+  with workdir_ctx as workdir:
+    runs = {s: train(model, data, cfg, s, variables, workdir) for s in ("sgd", "drop")}
+  (sgd, sgd_recs, sgd_wall, _), (drop, drop_recs, drop_wall, drop_t) = runs["sgd"], runs["drop"]
+  if not drop["drop_events"]:
+    rep("the drop run dropped nothing: the benchmark says nothing about the mechanism; "
+        "change the settings (more epochs, a higher lr)")
+    return 1
+
+  # 1. Bare step times of every (input cut, cut) the drop run trained at.
+  pairs = sorted({(r["stored_stages"], r["dropped_stages"]) for r in drop_recs})
+  heads = {(0, 0): full_before}
+  for pair in pairs:
+    if pair not in heads:
+      heads[pair] = time_head_step(timer, *pair, steps, repeats)
+  full_after = time_head_step(timer, 0, 0, steps, repeats)
+  full_step = float(np.median([full_before["step_s"], full_after["step_s"]]))
+  rep("")
+  rep(f"1. Bare step times (median of {repeats} x {steps} steps, inputs on the device)")
+  rep(f"   {'head from stage':<28} {'stages':>6} {'step ms':>9} {'vs full':>8} {'epochs':>6} "
+      f"{'compile s':>9}")
+  names = model.stage_names
+  for (sc, cut), h in sorted(heads.items(), key=lambda kv: kv[0][1]):
+    n_epochs = sum(1 for r in drop_recs if (r["stored_stages"], r["dropped_stages"]) == (sc, cut))
+    step_s = full_step if (sc, cut) == (0, 0) else h["step_s"]
+    label = "full model" if cut == 0 else f"{names[cut]} (cut {cut})"
+    rep(f"   {label:<28} {model.num_stages - cut:>6} {1e3 * step_s:>9.2f} "
+        f"{step_s / full_step:>7.2f}x {n_epochs:>6} {h['compile_s']:>9.2f}")
+  rep(f"   full model timed before the runs {1e3 * full_before['step_s']:.2f} ms and after "
+      f"{1e3 * full_after['step_s']:.2f} ms (the spread is the machine's noise)")
+
+  # 2. Extraction per drop.
+  rep("")
+  rep("2. Extraction per drop (the epoch after each decision)")
+  rep(f"   {'epoch':>5} {'stages':>8} {'measured s':>10} {'bare fn s':>9} {'store/sync s':>12} "
+      f"{'MB stored':>9}")
+  extractions, prev = [], 0
+  n_batches = math.ceil(len(data.x_train) / bs)
+  for r in drop_recs:
+    if r["store"] is not None:
+      start, stop = prev, r["stored_stages"]
+      e = time_extract(timer, start, stop, steps, repeats)
+      e |= {"epoch": r["epoch"], "measured_s": r["time"]["extract_store_s"],
+            "bare_s": e["batch_s"] * n_batches, "bytes": r["store"]["bytes"]}
+      extractions.append(e)
+      rep(f"   {r['epoch']:>5} {f'{start}-{stop - 1}':>8} {e['measured_s']:>10.2f} "
+          f"{e['bare_s']:>9.2f} {e['measured_s'] - e['bare_s']:>12.2f} {e['bytes'] / 1e6:>9.1f}")
+    prev = r["stored_stages"]
+  if extractions:
+    rep(f"   measured = extraction calls (input copy to the device, run, sync) + store writes "
+        f"{drop_t.get('store writes', 0):.2f} s (copy to host, scatter into the store) + "
+        f"finalize {drop_t.get('store finalize', 0):.2f} s (checksums); on a CPU the writes "
+        "share the cores with the train step queued meanwhile")
+
+  # 3. Drop run: wall time against its ideal.
+  ideal = sum(spe * (full_step if (r["stored_stages"], r["dropped_stages"]) == (0, 0)
+                     else heads[(r["stored_stages"], r["dropped_stages"])]["step_s"])
+              for r in drop_recs)
+  sum_t = lambda recs, k: sum(r["time"][k] for r in recs)   # noqa: E731
+  cats = {
+      "compilation (head steps, extraction)": sum_t(drop_recs, "compile_s"),
+      "extraction and feature store": sum_t(drop_recs, "extract_store_s"),
+      "training loop beyond the bare steps": sum_t(drop_recs, "train_s") - ideal,
+      **{k: v for k, v in drop_t.items() if v > 0 and k not in NESTED},
+  }
+  cats["other (records, Python)"] = drop_wall - ideal - sum(cats.values())
+  overhead = drop_wall - ideal
+  rep("")
+  rep("3. Drop run: wall time against the ideal (sum over epochs of steps/epoch x bare head step)")
+  rep(f"   wall {drop_wall:.2f} s, ideal {ideal:.2f} s, overhead {overhead:.2f} s = "
+      f"{_pct(overhead, drop_wall):.1f} % of the wall time")
+  for k, v in sorted(cats.items(), key=lambda kv: -kv[1]):
+    note = "  (< 0: timing noise of the shared machine)" if v < 0 else ""
+    rep(f"     {k:<44} {v:>8.2f} s {_pct(v, drop_wall):>6.1f} %{note}")
+  # Until the first drop the run compiles the very step SGD compiled: a cache could share it.
+  full_compile = drop_recs[0]["time"]["compile_s"]
+  rep(f"   of the compilation, {full_compile:.2f} s is epoch 1's full-model step, the same "
+      f"program the SGD run compiled ({sgd_recs[0]['time']['compile_s']:.2f} s there)")
+  ok3 = _pct(overhead, drop_wall) < OVERHEAD_TARGET_PCT
+  rep(f"   {'PASS' if ok3 else 'FAIL'}: overhead {_pct(overhead, drop_wall):.1f} % "
+      f"{'<' if ok3 else '>='} {OVERHEAD_TARGET_PCT:.0f} %")
+  one_off = sum(v for k, v in cats.items() if k in ONE_OFF)
+  steady = overhead - one_off
+  rep(f"   without the one-off costs ({', '.join(k.split(' (')[0] for k in ONE_OFF)}: "
+      f"{one_off:.2f} s): overhead {steady:.2f} s = {_pct(steady, drop_wall - one_off):.1f} % "
+      f"of the remaining wall time "
+      f"({'<' if _pct(steady, drop_wall - one_off) < OVERHEAD_TARGET_PCT else '>='} "
+      f"{OVERHEAD_TARGET_PCT:.0f} %)")
+  t_overhead = drop["train_time_s"] - ideal
+  rep(f"   within T (train + extraction + compilation, the paper's time, {drop['train_time_s']:.2f} s): "
+      f"overhead {t_overhead:.2f} s = {_pct(t_overhead, drop['train_time_s']):.1f} %")
+  top = [k for k, v in sorted(cats.items(), key=lambda kv: -kv[1]) if v > 0][:3]
+  rep(f"   what remains: mostly {', '.join(top)}")
+
+  # 4. Speed-up against MACs.
+  speedup = sgd["train_time_s"] / drop["train_time_s"]
+  mac_ratio = sgd["train_macs_total"] / drop["train_macs_total"]
+  sgd_ideal = cfg.epochs * spe * full_step
+  rep("")
+  rep("4. Speed-up of Drop over SGD")
+  rep(f"   train time T: SGD {sgd['train_time_s']:.2f} s, Drop {drop['train_time_s']:.2f} s -> "
+      f"{speedup:.2f}x (dT {_pct(sgd['train_time_s'] - drop['train_time_s'], sgd['train_time_s']):.1f} %)")
+  rep(f"   training MACs: SGD {sgd['train_macs_total']:.3e}, Drop {drop['train_macs_total']:.3e} -> "
+      f"{mac_ratio:.2f}x;  bare-step ideal {sgd_ideal / ideal:.2f}x;  wall {sgd_wall / drop_wall:.2f}x")
+  rep(f"   realized / MAC ratio: {speedup / mac_ratio:.2f} (1.0 = every MAC saved is time saved); "
+      f"accuracy SGD {sgd['test_accuracy']:.2f} %, Drop {drop['test_accuracy']:.2f} %; "
+      f"drops {[(e['epoch'], e['cut']) for e in drop['drop_events']]}")
+
+  # 5. SGD input pipeline.
+  train_s = [r["time"]["train_s"] for r in sgd_recs]
+  bare_epoch = spe * full_step
+  share = _pct(sum(train_s) - cfg.epochs * bare_epoch, sum(train_s))
+  ok5 = share < INPUT_TARGET_PCT
+  rep("")
+  rep("5. SGD epochs against the bare full-model step (input pipeline and loop share)")
+  rep(f"   train_s per epoch: median {np.median(train_s):.3f} s (min {min(train_s):.3f}, "
+      f"max {max(train_s):.3f}); bare step x {spe} steps = {bare_epoch:.3f} s")
+  rep(f"   {'PASS' if ok5 else 'FAIL'}: input pipeline and loop {share:.1f} % of the epoch "
+      f"{'<' if ok5 else '>='} {INPUT_TARGET_PCT:.0f} % (median epoch: "
+      f"{_pct(np.median(train_s) - bare_epoch, np.median(train_s)):.1f} %)")
+  rep(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+  if args.out:
+    rep.data = {
+        "command": f"python experiments/bench_drop.py {shlex.join(argv)}".rstrip(),
+        "config": dataclasses.asdict(cfg),
+        "model": model.name, "stage_names": list(names), "steps_per_epoch": spe,
+        "timing_steps": steps, "repeats": repeats,
+        "full_step_s": full_step, "full_step_before_s": full_before["step_s"],
+        "full_step_after_s": full_after["step_s"],
+        "heads": [h | {"stage": names[c]} for (s, c), h in sorted(heads.items())],
+        "extractions": extractions,
+        "drop": {"wall_s": drop_wall, "ideal_s": ideal, "overhead_s": overhead,
+                 "overhead_pct": _pct(overhead, drop_wall), "overhead_categories_s": cats,
+                 "steady_overhead_s": steady, "full_step_compile_s": full_compile,
+                 "steady_overhead_pct": _pct(steady, drop_wall - one_off),
+                 "train_time_s": drop["train_time_s"], "pass": ok3,
+                 "target_pct": OVERHEAD_TARGET_PCT},
+        "speedup": {"train_time": speedup, "train_macs": mac_ratio,
+                    "bare_step_ideal": sgd_ideal / ideal, "wall": sgd_wall / drop_wall},
+        "sgd_input": {"train_s_per_epoch": train_s, "bare_epoch_s": bare_epoch,
+                      "share_pct": share, "pass": ok5, "target_pct": INPUT_TARGET_PCT},
+        "summaries": {"sgd": sgd, "drop": drop}, "sgd_wall_s": sgd_wall,
+        "records": {"sgd": sgd_recs, "drop": drop_recs},
+        "printed": rep.lines,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(rep.data, f, indent=1, default=float)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
