@@ -94,10 +94,10 @@ class FeatureStore:
   def finalize(self) -> dict:
     """Marks the store complete; on disk, flushes, renames and writes the manifest."""
     manifest = {"shape": list(self.shape), "dtype": self.dtype_name,
-                "stage_range": list(self.stage_range), "chunk_bytes": CHUNK_BYTES,
-                "checksums": chunk_checksums(self._array),
+                "stage_range": list(self.stage_range),
                 "backing": "memory" if self.in_memory else "npy"}
-    if not self.in_memory:
+    if not self.in_memory:   # checksums guard the file on disk; memory dies with the run
+      manifest |= {"chunk_bytes": CHUNK_BYTES, "checksums": chunk_checksums(self._array)}
       self._memmap.flush()
       self._memmap = self._array = None
       os.replace(self._tmp_path, self.path)
