@@ -48,13 +48,23 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, like: Any, epoch: int | None = None) -> tuple[Any, dict]:
-    """Restores `epoch` (default: the latest) into the structure of `like`."""
+  def restore_meta(self, epoch: int | None = None) -> dict:
+    """The JSON item of `epoch` (default: the latest), without reading any array."""
+    epoch = self.latest_epoch() if epoch is None else epoch
+    out = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
+
+  def restore(self, like: Any, epoch: int | None = None) -> Any:
+    """The arrays of `epoch` (default: the latest), in the structure of `like`.
+
+    Check `restore_meta(...)["fingerprint"]` first: arrays of another
+    configuration fail inside orbax with a less helpful message.
+    """
     epoch = self.latest_epoch() if epoch is None else epoch
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     out = self.manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], dict(out["meta"])
+        state=ocp.args.StandardRestore(abstract)))
+    return out["state"]
 
   def close(self) -> None:
     self.manager.close()

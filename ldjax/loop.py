@@ -286,10 +286,15 @@ class Trainer:
     cpu_s = time.process_time() - cpu0
     host = jax.device_get(metrics)
     losses = np.asarray([m["loss"] for m in host])
+    finite = np.asarray([m["finite"] for m in host])
     if not np.all(np.isfinite(losses)):
       bad = int(np.argmin(np.isfinite(losses)))
       raise TrainingDiverged(f"loss became {losses[bad]} at epoch {epoch + 1}, step {bad + 1}; "
                              "lower --lr (the last good checkpoint is kept)")
+    if not np.all(finite):
+      bad = int(np.argmin(finite))
+      raise TrainingDiverged(f"weights became NaN or Inf at epoch {epoch + 1}, step {bad + 1}; "
+                             "lower --lr or check the data (the last good checkpoint is kept)")
     self._write_back(d.cut, state)
     store_info = None
     if d.pending is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import shutil
 import signal
 import sys
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
       again += ["--workdir", str(workdir)]
     print(f"\ninterrupted: the last complete epoch is saved in {workdir}; resume with:\n"
-          f"  python -m ldjax.run {' '.join(again)} --resume", file=sys.stderr)
+          f"  python -m ldjax.run {shlex.join(again + ['--resume'])}", file=sys.stderr)
     return 130
   except TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)

@@ -108,7 +108,12 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
     updates, s = tx.update(g, s, p)
     new_params.append(optax.apply_updates(p, updates))
     new_opt.append(s)
-  metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y)}
+  # The loss alone misses some divergence: ReLU can map NaN maps to 0, and a
+  # finite loss then hides NaN weights.
+  finite = jnp.isfinite(loss)
+  for x in jax.tree.leaves(new_params):
+    finite &= jnp.all(jnp.isfinite(x))
+  metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == y), "finite": finite}
   return TrainState(new_params, new_stats, new_opt), metrics, grads
 
 

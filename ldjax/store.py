@@ -136,6 +136,8 @@ def open_store(directory: str | os.PathLike, stage_range: tuple[int, int],
     manifest = json.loads(manifest_path.read_text())
   except (OSError, ValueError) as e:
     raise StoreError(f"manifest {manifest_path.name} is unreadable ({e})") from None
+  if not isinstance(manifest, dict):
+    raise StoreError(f"manifest {manifest_path.name} is not a JSON object")
   expected = {"shape": [int(s) for s in shape], "dtype": dtype,
               "stage_range": list(stage_range)}
   for key, value in expected.items():

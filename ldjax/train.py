@@ -132,9 +132,9 @@ def _meta(trainer: Trainer, epochs_done: int, totals: dict, ev: dict, fp: dict) 
 
 def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
   """Loads the last checkpoint into `trainer`; returns (first epoch to run, last eval)."""
-  like = {"variables": trainer.variables, "opt_states": trainer.opt_states}
-  state, meta = ckpt.restore(like)
+  meta = ckpt.restore_meta()
   check_compatible(meta["fingerprint"], fp)
+  state = ckpt.restore({"variables": trainer.variables, "opt_states": trainer.opt_states})
   trainer.variables, trainer.opt_states = list(state["variables"]), list(state["opt_states"])
   d = meta["drop"]
   trainer.drop = DropState(d["cut"], d["store_cut"], list(d["dropped_std_scores"]),
