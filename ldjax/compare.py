@@ -118,6 +118,6 @@ def comparison_markdown(table: dict) -> str:
             "not test evaluation). dT = (T_sgd - T) / T_sgd (Eq. 5). CPU T: the process's CPU "
             "seconds over the same work, which other jobs on the machine barely disturb. "
             "MACs: multiply-accumulates "
-            "over the whole run (per example per epoch, times examples seen); training MACs count "
+            "over the whole run (per example per epoch, times the training set size); training MACs count "
             "the backward pass of differentiated stages as 2x their forward."]
   return "\n".join(lines) + "\n"

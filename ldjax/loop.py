@@ -26,7 +26,6 @@ import dataclasses
 import shutil
 import time
 import warnings
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +33,10 @@ import numpy as np
 import optax
 
 from ldjax import costs, scoring, steps
-from ldjax.config import STRATEGIES, TrainConfig
+from ldjax.config import TrainConfig
 from ldjax.data import Dataset, epoch_permutation
 from ldjax.errors import UsageError
-from ldjax.models import StagedModel, count_params, stage_output_shapes
-from ldjax.progress import progress_bar
+from ldjax.models import StagedModel, stage_output_shapes
 from ldjax.store import FeatureStore, storage_dtype
 from ldjax.workdir import RunDir
 
@@ -157,7 +155,7 @@ class Trainer:
 
   # -- feature stores ----------------------------------------------------------
 
-  def new_store(self, start: int, stop: int) -> FeatureStore | None:
+  def new_store(self, stop: int) -> FeatureStore | None:
     """An empty store for stages [0, stop), or None (with a warning) if it cannot fit."""
     shape = self.shapes[stop - 1]
     nbytes = self.n_train * int(np.prod(shape)) * self.feature_dtype.itemsize
@@ -174,8 +172,8 @@ class Trainer:
     try:
       return FeatureStore(self.n_train, shape, self.cfg.feature_dtype, (0, stop),
                           directory=self.features_dir, memory_budget_bytes=budget)
-    except OSError as e:
-      return self._cannot_store(stop, str(e))
+    except (OSError, MemoryError) as e:
+      return self._cannot_store(stop, str(e) or type(e).__name__)
 
   def _cannot_store(self, stop: int, why: str) -> None:
     warnings.warn(f"cannot store the features of stages 0-{stop - 1} ({why}); "
@@ -186,7 +184,7 @@ class Trainer:
   def rebuild_store(self, stop: int, bar=None) -> float:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
     t0 = time.perf_counter()
-    store = self.new_store(0, stop)
+    store = self.new_store(stop)
     if store is None:
       raise UsageError(f"the feature store of stages 0-{stop - 1} does not fit; "
                        "raise --feature-memory-gb or free disk space")
@@ -234,7 +232,7 @@ class Trainer:
     extract = new_store = None
     if d.pending is not None:
       start, stop = d.pending
-      new_store = self.new_store(start, stop)
+      new_store = self.new_store(stop)
       if new_store is not None:
         extract = self._compile_extract(start, stop)
         times["compile_s"] += extract.seconds
@@ -264,7 +262,8 @@ class Trainer:
         t0 = time.perf_counter()
         x = extract.fn(tail_vars, x).block_until_ready()
         times["extract_store_s"] += time.perf_counter() - t0
-        to_store.append((idx, x))
+        if new_store is not None:   # after a failed write, nothing is kept for storing
+          to_store.append((idx, x))
       if on_step is not None:
         on_step(epoch, s, "extract" if extract is not None else "train")
       state, scores, m = self.step_fn.fn(state, scores, frozen_vars, x, self.data.y_train[idx],
@@ -273,6 +272,8 @@ class Trainer:
       if new_store is not None and len(to_store) > 1:   # write the previous batch meanwhile
         t0 = time.perf_counter()
         new_store = self._store_write(new_store, to_store.pop(0))
+        if new_store is None:
+          to_store.clear()
         times["extract_store_s"] += time.perf_counter() - t0
       if s >= 2:   # bound the work in flight without a sync on the newest step
         metrics[s - 2]["loss"].block_until_ready()
@@ -330,6 +331,8 @@ class Trainer:
     bs = self.cfg.batch_size
     rest = perm[self.steps_per_epoch * bs:]
     for i in range(0, len(rest), bs):   # examples this epoch's batches left out
+      if store is None:
+        return None
       idx = rest[i:i + bs]
       padded = np.concatenate([idx, perm[:bs - len(idx)]])
       feats = extract.fn(tail_vars, source.read(padded))

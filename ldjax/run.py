@@ -111,9 +111,16 @@ def check_workdir(path: Path, overwrite: bool, resume: bool) -> None:
   if path.is_dir() and any(path.rglob("metrics.jsonl")) and not overwrite:
     raise UsageError(f"work directory {str(path)!r} already holds a run; pass --resume to "
                      "continue it, --overwrite to replace it, or choose another --workdir")
-  if path.is_dir() and overwrite:
-    for child in ("sgd", "freeze", "drop", "checkpoints", "features"):
-      shutil.rmtree(path / child, ignore_errors=True)
+
+
+def clear_run(path: Path) -> None:
+  """Removes what a previous run wrote into `path` (for --overwrite)."""
+  for child in ("sgd", "freeze", "drop", "checkpoints", "features"):
+    shutil.rmtree(path / child, ignore_errors=True)
+  for name in ("config.json", "metrics.jsonl", "summary.json", "comparison.json",
+               "comparison.md", "report.md", "report.json", "aapd.png", "scores.png",
+               "accuracy_time.png", "params_macs.png"):
+    (path / name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     created = None if workdir.exists() else workdir
     ensure_writable(workdir)   # before the slow part: loading data, building the model
     data, model = compare.prepare(cfg, strategies)
+    if args.overwrite and not args.resume:
+      clear_run(workdir)
     print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
           f"{len(data.x_train)} train / {len(data.x_test)} test images "
           f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "

@@ -3,8 +3,9 @@
 One train step serves all three strategies. Its model is split in two:
 `frozen_stages` run first in inference mode and are not differentiated, then
 `head_stages` are trained. Plain SGD has no frozen stages and reads images;
-Freeze passes the frozen prefix and reads images; Drop has no frozen stages
-and reads the cached output of the dropped prefix. Only the head's
+Freeze passes the frozen prefix and reads images; Drop reads the cached output
+of the dropped prefix (with frozen stages only where a store could not be
+written). Only the head's
 parameters are arguments of `jax.grad`, so no gradient is ever computed for
 frozen or dropped stages (masking an optimizer does not guarantee that).
 
@@ -24,7 +25,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
-import numpy as np
 import optax
 
 from ldjax import costs, scoring

@@ -34,6 +34,11 @@ def storage_dtype(name: str) -> np.dtype:
   return DTYPES[name]
 
 
+def store_path(directory: str | os.PathLike, stage_range: Sequence[int]) -> Path:
+  """Where the on-disk store of stages [start, stop) lives in `directory`."""
+  return Path(directory) / f"features_{stage_range[0]}-{stage_range[1]}.npy"
+
+
 def _disk_view(a: np.ndarray) -> np.ndarray:
   return a.view(np.uint16) if a.dtype == DTYPES["bfloat16"] else a
 
@@ -64,8 +69,7 @@ class FeatureStore:
     self.stage_range = tuple(stage_range)
     self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
     self.in_memory = directory is None or self.nbytes <= memory_budget_bytes
-    self.path = None if directory is None else (
-        Path(directory) / f"features_{stage_range[0]}-{stage_range[1]}.npy")
+    self.path = None if self.in_memory else store_path(directory, self.stage_range)
     self.complete = False
     self._memmap = None
     if self.in_memory:
@@ -128,7 +132,7 @@ def open_store(directory: str | os.PathLike, stage_range: tuple[int, int],
   Raises StoreError saying what is wrong; a store that fails any check must
   be rebuilt, never used.
   """
-  path = Path(directory) / f"features_{stage_range[0]}-{stage_range[1]}.npy"
+  path = store_path(directory, stage_range)
   manifest_path = path.with_suffix(".json")
   if not manifest_path.exists() or not path.exists():
     raise StoreError(f"{path.name} or its manifest is missing")

@@ -145,14 +145,16 @@ def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
   trainer.run_dir.truncate_metrics(epoch)
   trainer.clean_features_dir()
   if trainer.drop.store_cut > 0:
-    _reopen_store(trainer)
+    _reopen_store(trainer, on_disk=meta.get("store_manifest") is not None)
   return epoch, meta["eval"]
 
 
-def _reopen_store(trainer: Trainer) -> None:
+def _reopen_store(trainer: Trainer, on_disk: bool) -> None:
   stop = trainer.drop.store_cut
   shape = (trainer.n_train, *trainer.shapes[stop - 1])
   try:
+    if not on_disk:
+      raise StoreError("missing: it was held in memory, which ends with the process")
     if trainer.features_dir is None:
       raise StoreError("there is no work directory")
     trainer.store = open_store(trainer.features_dir, (0, stop), shape, trainer.cfg.feature_dtype)
