@@ -153,12 +153,14 @@ def _reopen_store(trainer: Trainer, on_disk: bool) -> None:
   stop = trainer.drop.store_cut
   shape = (trainer.n_train, *trainer.shapes[stop - 1])
   try:
-    if not on_disk:
-      raise StoreError("missing: it was held in memory, which ends with the process")
     if trainer.features_dir is None:
       raise StoreError("there is no work directory")
+    # Tried even when the checkpoint's store was in memory: a later process
+    # may have rebuilt it on disk before being killed.
     trainer.store = open_store(trainer.features_dir, (0, stop), shape, trainer.cfg.feature_dtype)
   except StoreError as e:
+    if not on_disk:
+      e = StoreError("missing: it was held in memory, which ends with the process")
     warnings.warn(f"feature store of stages 0-{stop - 1} cannot be used ({e}); rebuilding it "
                   "from the dropped stages' weights", stacklevel=3)
     seconds = trainer.rebuild_store(stop)
