@@ -46,9 +46,8 @@ def prepare(name: str, data_dir: str | None = None) -> str:
   if builder.is_prepared():
     # download_and_prepare returns early on existing data whatever its
     # format, so a tfrecord copy would never be converted; say so instead.
-    formats = builder.info.available_file_formats()
-    if tfds.core.FileFormat.ARRAY_RECORD not in formats:
-      found = ", ".join(sorted(f.value for f in formats)) or "unknown"
+    found = tfds_source.non_array_record_formats(builder)
+    if found is not None:
       raise UsageError(
           f"{builder.data_dir} already holds {name!r} as {found}, which "
           "ldjax cannot read without TensorFlow; delete that directory or "

@@ -75,6 +75,15 @@ def read_tfds(name: str, *, data_dir: str | None, test_split: str,
   return arrays, int(num_classes)
 
 
+def non_array_record_formats(builder) -> str | None:
+  """The formats a prepared dataset is stored in, if array_record is not one of
+  them (so it cannot be read without TensorFlow); None if it is readable."""
+  formats = builder.info.available_file_formats()
+  if tfds.core.FileFormat.ARRAY_RECORD in formats:
+    return None
+  return ", ".join(sorted(f.value for f in formats)) or "unknown"
+
+
 def _diagnose(name: str, data_dir: str) -> UsageError | None:
   """Turns a failed `tfds.data_source` into a UsageError, if it is one."""
   # tfds's own message for a missing dataset talks about tfrecord formats,
@@ -83,9 +92,8 @@ def _diagnose(name: str, data_dir: str) -> UsageError | None:
   if not builder.is_prepared():
     return UsageError(f"dataset {name!r} is not prepared in {data_dir}; "
                       + prepare_hint(name, data_dir))
-  formats = builder.info.available_file_formats()
-  if tfds.core.FileFormat.ARRAY_RECORD not in formats:
-    found = ", ".join(sorted(f.value for f in formats)) or "unknown"
+  found = non_array_record_formats(builder)
+  if found is not None:
     return UsageError(
         f"dataset {name!r} in {builder.data_dir} was prepared as {found}, "
         "which needs TensorFlow to read; delete that directory (or pick "
