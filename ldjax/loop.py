@@ -36,7 +36,7 @@ from ldjax import costs, scoring, steps
 from ldjax.config import TrainConfig
 from ldjax.data import Dataset, epoch_permutation
 from ldjax.errors import UsageError
-from ldjax.models import StagedModel, stage_output_shapes
+from ldjax.models import StagedModel
 from ldjax.store import FeatureStore, storage_dtype
 from ldjax.workdir import RunDir
 
@@ -95,8 +95,9 @@ class Trainer:
     self.variables = jax.tree.map(jnp.copy, list(variables))
     self.opt_states = [self.tx.init(v.get("params", {})) for v in self.variables]
     self.norm = dict(mean=data.mean, std=data.std)
-    self.shapes = stage_output_shapes(model, data.image_shape)
-    self.macs = costs.stage_macs(model, data.image_shape)
+    stage_costs = costs.stage_costs(model, data.image_shape)   # one abstract trace for both
+    self.shapes = [c.output_shape for c in stage_costs]
+    self.macs = [c.macs for c in stage_costs]
     self.drop = DropState()
     self.key = jax.random.key(cfg.seed)
     self.images = ImageSource(data.x_train)

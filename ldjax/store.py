@@ -81,6 +81,18 @@ class FeatureStore:
                                                shape=self.shape)
       self._array = self._memmap.view(self.dtype)
 
+  @classmethod
+  def _opened(cls, array: np.ndarray, dtype: str, stage_range: Sequence[int], path: Path,
+              manifest: dict) -> "FeatureStore":
+    """A complete, read-only store around an array already checked by `open_store`."""
+    store = cls.__new__(cls)
+    store.dtype_name, store.dtype = dtype, storage_dtype(dtype)
+    store.shape, store.stage_range = tuple(array.shape), tuple(stage_range)
+    store.nbytes = int(array.nbytes)
+    store.in_memory, store.path, store.complete = False, path, True
+    store._array, store._memmap, store.manifest = array, None, manifest
+    return store
+
   @property
   def _tmp_path(self) -> Path:
     return self.path.with_name(self.path.stem + ".tmp.npy")
@@ -156,13 +168,7 @@ def open_store(directory: str | os.PathLike, stage_range: tuple[int, int],
     raise StoreError(f"{path.name} holds shape {list(array.shape)}, expected {expected['shape']}")
   if chunk_checksums(array) != manifest.get("checksums"):
     raise StoreError(f"{path.name} fails its checksum (damaged on disk)")
-  store = FeatureStore.__new__(FeatureStore)
-  store.dtype_name, store.dtype = dtype, storage_dtype(dtype)
-  store.shape, store.stage_range = tuple(array.shape), tuple(stage_range)
-  store.nbytes = int(array.nbytes)
-  store.in_memory, store.path, store.complete = False, path, True
-  store._array, store._memmap, store.manifest = array, None, manifest
-  return store
+  return FeatureStore._opened(array, dtype, stage_range, path, manifest)
 
 
 def load_array(path: str | os.PathLike, dtype: str) -> np.ndarray:

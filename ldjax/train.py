@@ -20,9 +20,8 @@ import jax
 
 from ldjax import costs
 from ldjax.checkpoint import Checkpointer, check_compatible
-from ldjax.config import STRATEGIES, TrainConfig
+from ldjax.config import TrainConfig
 from ldjax.data import Dataset
-from ldjax.errors import UsageError
 from ldjax.loop import DropState, Trainer, lr_schedule, param_l2
 from ldjax.models import StagedModel, count_params
 from ldjax.progress import progress_bar
@@ -60,8 +59,6 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
     on_epoch, on_step: callbacks with each epoch's record, and with
       (epoch, step, phase) before each step.
   """
-  if strategy not in STRATEGIES:
-    raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
   cfg.validate(len(data.x_train))
   cfg.validate_strategies([strategy])
   if variables is None:
