@@ -7,8 +7,10 @@ epoch, the drop state (cut, stored scores of dropped stages, drop events),
 a pending extraction, elapsed times and MAC totals, the feature store's
 manifest path, and the settings that must not change across a resume.
 Orbax writes each step to a temporary directory and renames it when
-complete, so a checkpoint is either whole or absent; saving is synchronous so
-that the next step can donate the buffers it reads.
+complete, so a checkpoint is either whole or absent. Saving is asynchronous:
+`save` copies the arrays to host memory (the next train step donates the
+device buffers) and orbax writes them in a background thread while training
+goes on; the next `save`, `wait` and `close` wait for it to be committed.
 
 Randomness needs no saved state: data order is a function of (seed, epoch)
 and each step's key is `fold_in(key(seed), step)`.
@@ -37,15 +39,20 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=False),
+            enable_async_checkpointing=True),
         item_names=("state", "meta"))
 
   def latest_epoch(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, epoch: int, state: Any, meta: dict) -> None:
+    """Starts writing checkpoint `epoch`; returns once `state` is copied to the host."""
+    host = jax.tree.map(lambda a: np.array(a, copy=True), jax.device_get(state))
     self.manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def wait(self) -> None:
+    """Blocks until the last `save` is committed."""
     self.manager.wait_until_finished()
 
   def restore_meta(self, epoch: int | None = None) -> dict:
@@ -67,6 +74,8 @@ class Checkpointer:
     return out["state"]
 
   def close(self) -> None:
+    """Waits for a save in flight, then releases orbax's resources."""
+    self.manager.wait_until_finished()
     self.manager.close()
 
 

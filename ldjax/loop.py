@@ -109,6 +109,11 @@ class Trainer:
     self.store_fallbacks: list[dict] = []   # drops that stayed frozen: no room for the store
     self.retired_stores: list[FeatureStore] = []
     self.eval_fn = self._compile_eval()
+    self.eval_compile_s = self.eval_fn.seconds   # all evaluation programs so far
+    # Test-set outputs of stages [0, test_cut) (drop only; see `evaluate`).
+    self.test_features: np.ndarray | None = None
+    self.test_cut = 0
+    self.head_eval_fn: steps.Compiled | None = None
 
   @property
   def source(self):
@@ -348,8 +353,24 @@ class Trainer:
       return self._cannot_store(store.stage_range[1], f"finalize failed: {e}")
 
   def evaluate(self) -> dict:
-    fn = self.eval_fn.fn
-    x, y = self.data.x_test, self.data.y_test
+    """Test loss and accuracy of the whole model.
+
+    After a drop the dropped stages are frozen, so their outputs on the test
+    set are computed once (float32, kept in host memory) and later
+    evaluations run only the head on them: the same model, without
+    recomputing the frozen prefix every epoch. Without room for them within
+    --feature-memory-gb (after the training store) the whole model runs.
+    """
+    cut = self.drop.store_cut if self.strategy == "drop" else 0
+    if cut > self.test_cut:
+      self._cache_test_features(cut)
+    if self.test_cut == 0:
+      return self._eval_batches(self.eval_fn.fn, self.variables, self.data.x_test)
+    return self._eval_batches(self.head_eval_fn.fn, self.variables[self.test_cut:],
+                              self.test_features)
+
+  def _eval_batches(self, fn, variables, x) -> dict:
+    y = self.data.y_test
     bs = min(self.cfg.eval_batch_size, len(x))
     outs = []
     for i in range(0, len(x), bs):
@@ -359,10 +380,39 @@ class Trainer:
       if n < bs:
         xb = np.concatenate([xb, np.zeros((bs - n, *xb.shape[1:]), xb.dtype)])
         yb = np.concatenate([yb, np.zeros((bs - n,), yb.dtype)])
-      outs.append(fn(self.variables, xb, yb, mask))
+      outs.append(fn(variables, xb, yb, mask))
     outs = jax.device_get(outs)
     return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
             "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
+
+  def _cache_test_features(self, stop: int) -> None:
+    """Extends the test-set features to stages [0, stop), or leaves the cache as it is."""
+    n_test = len(self.data.x_test)
+    nbytes = n_test * int(np.prod(self.shapes[stop - 1])) * 4
+    in_memory = 0 if self.store is None or not self.store.in_memory else self.store.nbytes
+    if nbytes > self.cfg.feature_memory_gb * (1 << 30) - in_memory:
+      return
+    start = self.test_cut
+    bs = min(self.cfg.eval_batch_size, n_test)
+    x = self.data.x_test if start == 0 else self.test_features
+    in_struct = jax.ShapeDtypeStruct((bs, *x.shape[1:]), x.dtype)
+    extract = steps.compile_fn(
+        steps.extract_features, self.variables[start:stop], in_struct,
+        stages=self.model.stages[start:stop], out_dtype=np.float32, **self.norm)
+    head_eval = steps.compile_fn(
+        steps.eval_step, self.variables[stop:],
+        jax.ShapeDtypeStruct((bs, *self.shapes[stop - 1]), np.float32),
+        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
+        stages=self.model.stages[stop:], **self.norm)
+    self.eval_compile_s += extract.seconds + head_eval.seconds
+    out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
+    for i in range(0, n_test, bs):
+      xb = x[i:i + bs]
+      n = len(xb)
+      if n < bs:
+        xb = np.concatenate([xb, np.zeros((bs - n, *xb.shape[1:]), xb.dtype)])
+      out[i:i + n] = np.asarray(extract.fn(self.variables[start:stop], xb))[:n]
+    self.test_features, self.test_cut, self.head_eval_fn = out, stop, head_eval
 
   # -- decisions ---------------------------------------------------------------
 

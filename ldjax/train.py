@@ -66,7 +66,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
   ckpt = None if run_dir is None else Checkpointer(run_dir.path / "checkpoints")
   fp = fingerprint(model, data, cfg, strategy)
-  totals = {"train_time_s": 0.0, "train_cpu_s": 0.0, "compile_time_s": trainer.eval_fn.seconds,
+  totals = {"train_time_s": 0.0, "train_cpu_s": 0.0, "compile_time_s": trainer.eval_compile_s,
             "forward_macs_total": 0, "train_macs_total": 0}
   start, ev = 0, None
   if resume and ckpt is not None and ckpt.latest_epoch() is not None:
@@ -74,32 +74,39 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   elif run_dir is not None:
     run_dir.start_metrics()
   total_steps = cfg.epochs * trainer.steps_per_epoch
-  with progress_bar(total_steps, f"{strategy:>6} {model.name}", enabled=progress) as bar:
-    bar.update(start * trainer.steps_per_epoch)
-    for epoch in range(start, cfg.epochs):
-      cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
-      out = trainer.run_epoch(epoch, bar, should_stop, on_step)
-      record = trainer.score_and_decide(out.pop("scores"), epoch)
-      t0 = time.perf_counter()
-      ev = trainer.evaluate()
-      times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
-      cpu_s = out.pop("cpu_s")
-      rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev, times) | record
-      rec["cpu_s"] = cpu_s
-      totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
-      totals["train_cpu_s"] += cpu_s
-      totals["compile_time_s"] += times["compile_s"]
-      totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
-      totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
-      if run_dir is not None:
-        run_dir.append_metrics(rec)
-        ckpt.save(epoch + 1, {"variables": trainer.variables, "opt_states": trainer.opt_states},
-                  _meta(trainer, epoch + 1, totals, ev, fp))
-      trainer.delete_retired_store()
-      if on_epoch is not None:
-        on_epoch(rec)
-      bar.set_postfix(loss=f"{rec['loss']:.3f}", test=f"{ev['test_accuracy']:.2f}%",
-                      cut=trainer.drop.cut)
+  try:
+    with progress_bar(total_steps, f"{strategy:>6} {model.name}", enabled=progress) as bar:
+      bar.update(start * trainer.steps_per_epoch)
+      for epoch in range(start, cfg.epochs):
+        cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
+        out = trainer.run_epoch(epoch, bar, should_stop, on_step)
+        record = trainer.score_and_decide(out.pop("scores"), epoch)
+        t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
+        ev = trainer.evaluate()
+        times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
+        cpu_s = out.pop("cpu_s")
+        rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev, times) | record
+        rec["cpu_s"] = cpu_s
+        totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
+        totals["train_cpu_s"] += cpu_s
+        totals["compile_time_s"] += times["compile_s"] + trainer.eval_compile_s - eval_compiled
+        totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
+        totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
+        if run_dir is not None:
+          run_dir.append_metrics(rec)
+          ckpt.save(epoch + 1, {"variables": trainer.variables, "opt_states": trainer.opt_states},
+                    _meta(trainer, epoch + 1, totals, ev, fp))
+        if trainer.retired_stores:   # kept until a checkpoint that does not need them is on disk
+          if ckpt is not None:
+            ckpt.wait()
+          trainer.delete_retired_store()
+        if on_epoch is not None:
+          on_epoch(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", test=f"{ev['test_accuracy']:.2f}%",
+                        cut=trainer.drop.cut)
+  finally:   # a save in flight is committed even when the run stops
+    if ckpt is not None:
+      ckpt.close()
   summary = {"strategy": strategy, "model": model.name, "dataset": data.name,
              "epochs": cfg.epochs, "test_accuracy": ev["test_accuracy"],
              "test_loss": ev["test_loss"], **totals,
@@ -109,7 +116,6 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
              "param_l2": param_l2(trainer.variables)}
   if run_dir is not None:
     run_dir.write_summary(summary)
-    ckpt.close()
   if trainer.store is not None:   # a cache: the run is complete, free the disk
     trainer.store.delete()
   summary["variables"] = trainer.variables

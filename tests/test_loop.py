@@ -14,6 +14,7 @@ once; the tests assert that they did, so they cannot pass vacuously.
 """
 
 import collections
+import dataclasses
 import functools
 import json
 
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 import ldjax
-from ldjax import costs, scoring, steps
+from ldjax import costs, loop, scoring, steps
 from ldjax.config import TrainConfig
 from ldjax.models import StagedModel, build_model, count_params, stage_output_shapes
 from ldjax.workdir import RunDir
@@ -155,10 +156,35 @@ def test_freeze_equals_drop(request, arch):
   # full model's differs by 1e-5..1e-3 here.)
   for a, b in zip(jax.tree.leaves(freeze["variables"]), jax.tree.leaves(drop["variables"])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
-  # Every epoch's decision, too.
+  # Every epoch's decision and evaluation, too (drop evaluates the head on
+  # cached test features after a drop, when they fit in memory: the VGG run).
   for f, d in zip(runs.records["freeze"], runs.records["drop"]):
     assert f["dropped_stages"] == d["dropped_stages"]
+    assert d["test_accuracy"] == pytest.approx(f["test_accuracy"], abs=0.2)
+    assert d["test_loss"] == pytest.approx(f["test_loss"], rel=1e-4)
     assert (f["decision"] or {}).get("n_star") == (d["decision"] or {}).get("n_star")
+
+
+@pytest.mark.parametrize("budget_gb", [4.0, 0.0])
+def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
+  # After each of the run's drops, the head on cached test features (extended
+  # from the previous cache) evaluates like the whole model; without room for
+  # them the whole model runs.
+  cfg = dataclasses.replace(resnet.cfg, feature_memory_gb=budget_gb)
+  variables = resnet.summary["drop"]["variables"]
+  trainer = loop.Trainer(resnet.model, tiny_data, cfg, "drop", variables, None)
+  full = trainer.evaluate()
+  assert trainer.test_cut == 0
+  for event in resnet.summary["drop"]["drop_events"]:
+    trainer.drop.store_cut = event["cut"]
+    ev = trainer.evaluate()
+    assert trainer.test_cut == (event["cut"] if budget_gb else 0)
+    assert ev["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=0.2)
+    assert ev["test_loss"] == pytest.approx(full["test_loss"], rel=1e-5)
+  if budget_gb:
+    shape = stage_output_shapes(resnet.model, tiny_data.image_shape)[trainer.test_cut - 1]
+    assert trainer.test_features.shape == (len(tiny_data.x_test), *shape)
+    assert trainer.test_features.dtype == np.float32
 
 
 def test_resnet_drops_twice_second_store_from_first(resnet):
@@ -213,8 +239,13 @@ def test_traces_once_per_decision(request, arch, strategy):
   # If the loop bound the step functions at import time, the counting wrappers would
   # never run and these counts would be 0.
   assert traces["scored_train_step"] == 1 + events
-  assert traces.get("extract_features", 0) == (events if strategy == "drop" else 0)
-  assert traces["eval_step"] == 1
+  # Drop also extracts the test set's features once per drop and compiles an
+  # evaluation of the head on them, when they fit in --feature-memory-gb (not
+  # in the ResNet run: its budget is 0).
+  test_cache = strategy == "drop" and runs.cfg.feature_memory_gb > 0
+  assert traces.get("extract_features", 0) == (
+      (2 if test_cache else 1) * events if strategy == "drop" else 0)
+  assert traces["eval_step"] == 1 + (events if test_cache else 0)
   # Compilation time is spent in the first epoch and in each epoch after a decision only.
   recompiled = [r["epoch"] for r in runs.records[strategy] if r["time"]["compile_s"] > 0]
   assert recompiled == [1] + [e["epoch"] + 1 for e in runs.summary[strategy]["drop_events"]]

@@ -109,6 +109,21 @@ def listing(path):
   return sorted(p.name for p in path.iterdir()) if path.is_dir() else None
 
 
+def wait_committed(workdir, epochs_done, timeout=60.0):
+  """Waits until checkpoint `epochs_done` is renamed into place and the older ones
+  beyond KEEP are deleted: fit saves asynchronously (an epoch's write overlaps
+  the next epoch), and what a job copies or kills must not depend on the pace
+  of orbax's background thread."""
+  if not epochs_done:
+    return
+  want = [str(e) for e in range(max(1, epochs_done - 2), epochs_done + 1)]   # KEEP = 3
+  t0 = time.monotonic()
+  while sorted(listing(Path(workdir) / "checkpoints") or [], key=str) != sorted(want):
+    if time.monotonic() - t0 > timeout:
+      raise TimeoutError(f"checkpoint {epochs_done} of {workdir} not committed after {timeout} s")
+    time.sleep(0.005)
+
+
 def die(record):
   emit({"killed": record | {"warnings": [str(w.message) for w in CAUGHT["warnings"]]}})
   os.kill(os.getpid(), signal.SIGKILL)
@@ -183,6 +198,7 @@ def fit_job(job):
 
   def on_step(epoch, step, phase):
     if job.get("kill_at") == [epoch, step]:
+      wait_committed(workdir, epoch)
       die({"epoch": epoch, "step": step, "phase": phase,
            "features": listing(Path(workdir) / "features"),
            "checkpoints": listing(Path(workdir) / "checkpoints")})
@@ -193,6 +209,7 @@ def fit_job(job):
 
   def on_epoch(rec):
     if job.get("snapshots"):
+      wait_committed(workdir, rec["epoch"])
       shutil.copytree(workdir, f"{workdir}_after_epoch{rec['epoch']}")
     if job.get("stop_after") == rec["epoch"]:
       raise Stopped(f"stopped after epoch {rec['epoch']}")
