@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     help="dtype of the cached feature maps (float32; bfloat16 halves their bytes)")
   a("--feature-memory-gb", type=float, default=None,
     help="feature stores up to this many GB (4) stay in host memory; larger ones are "
-         "memory-mapped .npy files in the work directory")
+         "memory-mapped .npy files in the work directory. Drop also caches the dropped "
+         "stages' test-set outputs (float32) within what an in-memory store leaves; "
+         "without room it evaluates the whole model")
   a("--eval-batch-size", type=int, default=None, help="batch size of test evaluation (1000)")
   a("--workdir", default=None,
     help="directory for config.json, metrics.jsonl, summary.json (one sub-directory "
