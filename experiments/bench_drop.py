@@ -250,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                  else contextlib.nullcontext(args.workdir) if args.workdir
                  else tempfile.TemporaryDirectory(prefix="bench_drop_"))
   with workdir_ctx as workdir:
-    runs = {s: train(model, data, cfg, s, variables, workdir) for s in ("sgd", "drop")}
+    runs = {}
+    for s in ("sgd", "drop"):
+      print(f"(training {s}: {cfg.epochs} epochs, progress not shown so as not to time it)",
+            file=sys.stderr, flush=True)
+      runs[s] = train(model, data, cfg, s, variables, workdir)
   (sgd, sgd_recs, sgd_wall, _), (drop, drop_recs, drop_wall, drop_t) = runs["sgd"], runs["drop"]
   if not drop["drop_events"]:
     rep("the drop run dropped nothing: the benchmark says nothing about the mechanism; "
