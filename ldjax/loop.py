@@ -69,6 +69,13 @@ class ImageSource:
     return self.x[idx]
 
 
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  """`a` with zero rows appended up to `rows` (a last, incomplete batch)."""
+  if len(a) == rows:
+    return a
+  return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
+
+
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
   if cfg.lr_decay_epoch is None:
     return optax.constant_schedule(cfg.lr)
@@ -374,13 +381,9 @@ class Trainer:
     bs = min(self.cfg.eval_batch_size, len(x))
     outs = []
     for i in range(0, len(x), bs):
-      xb, yb = x[i:i + bs], y[i:i + bs]
-      n = len(xb)
-      mask = np.arange(bs) < n
-      if n < bs:
-        xb = np.concatenate([xb, np.zeros((bs - n, *xb.shape[1:]), xb.dtype)])
-        yb = np.concatenate([yb, np.zeros((bs - n,), yb.dtype)])
-      outs.append(fn(variables, xb, yb, mask))
+      n = len(x[i:i + bs])
+      outs.append(fn(variables, _pad_rows(x[i:i + bs], bs), _pad_rows(y[i:i + bs], bs),
+                     np.arange(bs) < n))
     outs = jax.device_get(outs)
     return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
             "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
@@ -407,11 +410,9 @@ class Trainer:
     self.eval_compile_s += extract.seconds + head_eval.seconds
     out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
     for i in range(0, n_test, bs):
-      xb = x[i:i + bs]
-      n = len(xb)
-      if n < bs:
-        xb = np.concatenate([xb, np.zeros((bs - n, *xb.shape[1:]), xb.dtype)])
-      out[i:i + n] = np.asarray(extract.fn(self.variables[start:stop], xb))[:n]
+      n = len(x[i:i + bs])
+      out[i:i + n] = np.asarray(extract.fn(self.variables[start:stop],
+                                           _pad_rows(x[i:i + bs], bs)))[:n]
     self.test_features, self.test_cut, self.head_eval_fn = out, stop, head_eval
 
   # -- decisions ---------------------------------------------------------------

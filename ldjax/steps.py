@@ -111,7 +111,7 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
   # The loss alone misses some divergence: ReLU can map NaN maps to 0, and a
   # finite loss then hides NaN weights.
   # One reduction over all the weights (per-array reductions cost compile time).
-  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(new_params)]
+  leaves = [jnp.ravel(w).astype(jnp.float32) for w in jax.tree.leaves(new_params)]
   finite = jnp.isfinite(loss)
   if leaves:
     finite &= jnp.all(jnp.isfinite(jnp.concatenate(leaves)))

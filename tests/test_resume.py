@@ -77,7 +77,7 @@ import jax
 import numpy as np
 
 from ldjax import compare, loop, run, steps
-from ldjax.checkpoint import Checkpointer
+from ldjax.checkpoint import KEEP, Checkpointer
 from ldjax.config import TrainConfig
 from ldjax.data import load_dataset
 from ldjax.models import build_model
@@ -116,9 +116,9 @@ def wait_committed(workdir, epochs_done, timeout=60.0):
   of orbax's background thread."""
   if not epochs_done:
     return
-  want = [str(e) for e in range(max(1, epochs_done - 2), epochs_done + 1)]   # KEEP = 3
+  want = sorted(str(e) for e in range(max(1, epochs_done - KEEP + 1), epochs_done + 1))
   t0 = time.monotonic()
-  while sorted(listing(Path(workdir) / "checkpoints") or [], key=str) != sorted(want):
+  while (listing(Path(workdir) / "checkpoints") or []) != want:
     if time.monotonic() - t0 > timeout:
       raise TimeoutError(f"checkpoint {epochs_done} of {workdir} not committed after {timeout} s")
     time.sleep(0.005)
