@@ -32,6 +32,7 @@ class TrainConfig:
   momentum: float = 0.9
   seed: int = 0
   eval_batch_size: int = 1000
+  eval_every: int = 1   # test evaluation every this many epochs, and after the last
   feature_dtype: str = "float32"
   feature_memory_gb: float = 4.0
 
@@ -58,6 +59,8 @@ class TrainConfig:
       raise UsageError(f"--feature-memory-gb must be >= 0, got {self.feature_memory_gb}")
     if self.eval_batch_size <= 0:
       raise UsageError(f"--eval-batch-size must be > 0, got {self.eval_batch_size}")
+    if self.eval_every <= 0:
+      raise UsageError(f"--eval-every must be > 0, got {self.eval_every}")
 
   def validate_strategies(self, strategies) -> None:
     for s in strategies:

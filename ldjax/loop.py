@@ -128,6 +128,10 @@ class Trainer:
 
   # -- compilation -------------------------------------------------------------
 
+  def compile_first_step(self) -> None:
+    """Compiles the step of the first epoch now rather than when it starts."""
+    self.step_fn, self.compiled_for = self._compile_step(0, 0), (0, 0)
+
   def _input_struct(self, store_cut: int, batch: int) -> jax.ShapeDtypeStruct:
     if store_cut > 0:
       return jax.ShapeDtypeStruct((batch, *self.shapes[store_cut - 1]), self.feature_dtype)

@@ -144,11 +144,14 @@ def stage_figure(runs: Sequence[Run], path: Path, key: str, ylabel: str, suptitl
 
 
 def _mean_over_seeds(runs: Sequence[Run], fn: Callable[[dict], float]):
-  """(epochs, mean, std) of fn per epoch over the runs, matched by epoch number."""
+  """(epochs, mean, std) of fn per epoch over the runs, matched by epoch number;
+  epochs where fn is None (test metrics that --eval-every skipped) are left out."""
   by_epoch: dict[int, list[float]] = {}
   for r in runs:
     for m in r.metrics:
-      by_epoch.setdefault(m["epoch"], []).append(float(fn(m)))
+      value = fn(m)
+      if value is not None:
+        by_epoch.setdefault(m["epoch"], []).append(float(value))
   epochs = np.array(sorted(by_epoch))
   vals = [by_epoch[e] for e in epochs]
   return (epochs, np.array([np.mean(v) for v in vals]),
@@ -200,10 +203,11 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
       ax_a.plot(x, acc, label=strategy_name(strategy), **style)
       if len(srs) > 1:
         ax_a.fill_between(x, acc - acc_std, acc + acc_std, color=colour, alpha=0.12, lw=0)
-      bottom = np.zeros(len(x))
+      bottom = None
       for key, _, alpha, hatch in TIME_PARTS:
-        _, y, _ = _mean_over_seeds(srs, lambda m: m.get("time", {}).get(key, 0.0))
-        ax_t.bar(x + (i - (len(by_s) - 1) / 2) * width, y, width, bottom=bottom,
+        xt, y, _ = _mean_over_seeds(srs, lambda m: m.get("time", {}).get(key, 0.0))
+        bottom = np.zeros(len(xt)) if bottom is None else bottom
+        ax_t.bar(xt + (i - (len(by_s) - 1) / 2) * width, y, width, bottom=bottom,
                  facecolor=(*colour, alpha), edgecolor=colour, hatch=hatch, lw=0.6)
         bottom += y
     ax_a.set_ylabel("test accuracy (%)")

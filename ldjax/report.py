@@ -119,10 +119,12 @@ def _summary_from_metrics(config: dict, metrics: list[dict]) -> dict:
                      "cut": d["new_cut"]})
       cut = d["new_cut"]
   times = [m.get("time", {}) for m in metrics]
+  # The last evaluated epoch (--eval-every skips some; a complete run ends with one).
+  last_eval = next((m for m in reversed(metrics) if m.get("test_accuracy") is not None), {})
   return {
       "strategy": config.get("strategy"), "model": config.get("model_name"),
       "dataset": config.get("dataset"), "epochs": len(metrics),
-      "test_accuracy": metrics[-1]["test_accuracy"], "test_loss": metrics[-1].get("test_loss"),
+      "test_accuracy": last_eval.get("test_accuracy"), "test_loss": last_eval.get("test_loss"),
       "train_time_s": sum(t.get("train_s", 0.0) + t.get("extract_store_s", 0.0)
                           + t.get("compile_s", 0.0) for t in times),
       "compile_time_s": sum(t.get("compile_s", 0.0) for t in times),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ldjax import compare
+from ldjax import compare, compile_cache
 from ldjax.config import STRATEGIES, TrainConfig, preset_for
 from ldjax.errors import UsageError
 from ldjax.loop import Interrupted, TrainingDiverged
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
          "stages' test-set outputs (float32) within what an in-memory store leaves; "
          "without room it evaluates the whole model")
   a("--eval-batch-size", type=int, default=None, help="batch size of test evaluation (1000)")
+  a("--eval-every", type=int, default=None, metavar="N",
+    help="evaluate on the test set every N epochs and after the last (default 1: every "
+         "epoch, which the accuracy-per-epoch figure shows; evaluation is not part of T)")
   a("--workdir", default=None,
     help="directory for config.json, metrics.jsonl, summary.json (one sub-directory "
          "per strategy when several); default runs/<dataset>-<model>-<time>")
@@ -73,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
   a("--resume", action="store_true",
     help="continue the run in --workdir from its last checkpoint (same settings)")
   a("--no-progress", action="store_true", help="hide the progress bars")
+  a("--compilation-cache", default=None, metavar="DIR",
+    help="keep compiled XLA programs in DIR for later runs and strategies, which then load "
+         f"them instead of compiling (default: ${compile_cache.ENV}, else "
+         "~/.cache/ldjax/xla/<cpu>); 'off' compiles everything anew")
   return p
 
 
@@ -83,7 +90,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
            "epochs": args.epochs, "warmup": args.warmup, "batch_size": args.batch_size,
            "lr": args.lr, "lr_decay_epoch": args.lr_decay_epoch, "momentum": args.momentum,
            "seed": args.seed, "feature_dtype": args.feature_dtype,
-           "feature_memory_gb": args.feature_memory_gb, "eval_batch_size": args.eval_batch_size}
+           "feature_memory_gb": args.feature_memory_gb, "eval_batch_size": args.eval_batch_size,
+           "eval_every": args.eval_every}
   settings.update({k: v for k, v in flags.items() if v is not None})
   settings["batch_norm"] = not args.no_batch_norm
   return TrainConfig(**settings)
@@ -160,17 +168,21 @@ def main(argv: list[str] | None = None) -> int:
     check_workdir(workdir, args.overwrite, args.resume)
     created = None if workdir.exists() else workdir
     ensure_writable(workdir)   # before the slow part: loading data, building the model
-    data, model = compare.prepare(cfg, strategies)
-    if args.overwrite and not args.resume:
-      clear_run(workdir)
-    print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
-          f"{len(data.x_train)} train / {len(data.x_test)} test images "
-          f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "
-          f"{cfg.epochs} epochs, warm-up {cfg.warmup}; work directory {workdir}", flush=True)
-    with stop_on_sigint() as should_stop:
-      summaries = compare.run_strategies(cfg, strategies, workdir, data=data, model=model,
-                                         progress=not args.no_progress, resume=args.resume,
-                                         should_stop=should_stop)
+    cache = compile_cache.resolve(args.compilation_cache)
+    # JAX's cache setting is process-wide: `using` puts it back as it was on return.
+    with compile_cache.using(cache):
+      data, model = compare.prepare(cfg, strategies)
+      if args.overwrite and not args.resume:
+        clear_run(workdir)
+      print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
+            f"{len(data.x_train)} train / {len(data.x_test)} test images "
+            f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "
+            f"{cfg.epochs} epochs, warm-up {cfg.warmup}; work directory {workdir}; "
+            f"compilation cache {cache or 'off'}", flush=True)
+      with stop_on_sigint() as should_stop:
+        summaries = compare.run_strategies(cfg, strategies, workdir, data=data, model=model,
+                                           progress=not args.no_progress, resume=args.resume,
+                                           should_stop=should_stop)
   except UsageError as e:
     if created is not None and created.exists():
       shutil.rmtree(created, ignore_errors=True)

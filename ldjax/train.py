@@ -1,7 +1,8 @@
 """`fit`: one strategy's run, epoch by epoch, with per-epoch records and checkpoints.
 
 Each epoch: train (`loop.Trainer.run_epoch`), score and decide, evaluate the
-full model on the test set, append a line to `metrics.jsonl`, checkpoint.
+full model on the test set (every `cfg.eval_every` epochs and after the
+last; the other epochs' test metrics are None), append a line to `metrics.jsonl`, checkpoint.
 With `resume=True`, a run continues from its last complete checkpoint: the
 variables, optimizer states and drop state are restored, `metrics.jsonl` is
 cut back to that epoch, and the feature store is verified against its
@@ -27,6 +28,10 @@ from ldjax.models import StagedModel, count_params
 from ldjax.progress import progress_bar
 from ldjax.store import StoreError, open_store
 from ldjax.workdir import RunDir
+
+
+# The test metrics of an epoch that --eval-every skips.
+NO_EVAL = {"test_loss": None, "test_accuracy": None}
 
 
 def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str) -> dict:
@@ -82,10 +87,13 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
         out = trainer.run_epoch(epoch, bar, should_stop, on_step)
         record = trainer.score_and_decide(out.pop("scores"), epoch)
         t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
-        ev = trainer.evaluate()
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1
+        if evaluated:
+          ev = trainer.evaluate()
         times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
         cpu_s = out.pop("cpu_s")
-        rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev, times) | record
+        rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev if evaluated else NO_EVAL,
+                            times) | record
         rec["cpu_s"] = cpu_s
         totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
         totals["train_cpu_s"] += cpu_s
@@ -102,8 +110,8 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
           trainer.delete_retired_store()
         if on_epoch is not None:
           on_epoch(rec)
-        bar.set_postfix(loss=f"{rec['loss']:.3f}", test=f"{ev['test_accuracy']:.2f}%",
-                        cut=trainer.drop.cut)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", cut=trainer.drop.cut,
+                        **({} if ev is None else {"test": f"{ev['test_accuracy']:.2f}%"}))
   finally:   # a save in flight is committed even when the run stops
     if ckpt is not None:
       ckpt.close()

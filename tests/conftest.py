@@ -2,13 +2,26 @@
 
 544 training images are 8 full batches of 64 plus 32 left over, so every epoch
 skips some examples and a drop epoch has to extract them at its end.
+
+`python -m ldjax.run` keeps compiled programs in ~/.cache by default; the
+tests' runs (in this process and in subprocesses, which inherit the
+environment) use a directory of their own instead.
 """
 
 import pytest
 
+from ldjax import compile_cache
 from ldjax.data import load_dataset
 
 TRAIN_SIZE, TEST_SIZE = 544, 256
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("xla_cache")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(compile_cache.ENV, str(path))
+    yield path
 
 
 @pytest.fixture(scope="session")

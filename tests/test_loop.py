@@ -187,6 +187,26 @@ def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
     assert trainer.test_features.dtype == np.float32
 
 
+def test_eval_every_skips_only_test_metrics(vgg, tiny_data, tmp_path):
+  # Evaluating every 2nd epoch (and after the last, the 3rd) changes the skipped
+  # epochs' test metrics (None) and nothing else; the figures leave them out.
+  cfg = dataclasses.replace(vgg.cfg, eval_every=2)
+  run_dir = RunDir(tmp_path / "drop")
+  run_dir.write_config(cfg, strategy="drop", model_name=vgg.model.name,
+                       stage_names=list(vgg.model.stage_names), num_train=len(tiny_data.x_train))
+  summary, records, _ = train(vgg.model, tiny_data, cfg, "drop", vgg.variables, run_dir)
+  assert [r["test_accuracy"] is None for r in records] == [True, False, False]
+  assert records[0]["test_loss"] is None and records[0]["time"]["eval_s"] < 0.01
+  for r, ref in zip(records, vgg.records["drop"], strict=True):
+    assert r["loss"] == ref["loss"] and r["dropped_stages"] == ref["dropped_stages"]
+    if r["test_accuracy"] is not None:
+      assert r["test_accuracy"] == ref["test_accuracy"] and r["test_loss"] == ref["test_loss"]
+  assert summary["test_accuracy"] == vgg.summary["drop"]["test_accuracy"]
+  from ldjax import report
+  written = report.write_report([report.load_run(run_dir.path)], tmp_path / "report")
+  assert any(p.name == "accuracy_time.png" for p in written)
+
+
 def test_resnet_drops_twice_second_store_from_first(resnet):
   # The second extraction reads the first store, not the images.
   events = resnet.summary["drop"]["drop_events"]

@@ -22,7 +22,8 @@ SMALL = ["--train-size", "256", "--test-size", "128", "--epochs", "2", "--warmup
 FLAGS = ["--strategy", "--dataset", "--data-dir", "--train-size", "--test-size", "--model",
          "--width", "--no-batch-norm", "--epochs", "--warmup", "--batch-size", "--lr",
          "--lr-decay-epoch", "--momentum", "--seed", "--feature-dtype", "--feature-memory-gb",
-         "--eval-batch-size", "--workdir", "--overwrite", "--resume", "--no-progress"]
+         "--eval-batch-size", "--eval-every", "--workdir", "--overwrite", "--resume",
+         "--no-progress", "--compilation-cache"]
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:
@@ -69,6 +70,7 @@ def assert_usage_error(capsys, code, *needles):
     (["--strategy", "drop", "--epochs", "3", "--warmup", "3"], ["--warmup"]),
     (["--strategy", "sgd,freeze", "--epochs", "2", "--warmup", "5"], ["--warmup"]),
     (["--train-size", "0"], ["train_size"]),
+    (["--eval-every", "0"], ["--eval-every"]),
 ])
 def test_bad_input_exits_2(capsys, tmp_path, args, needles):
   workdir = tmp_path / "wd"
@@ -203,6 +205,16 @@ def test_tiny_run_strategy_dirs(tiny_run, strategy):
   assert summary["test_accuracy"] == json.loads(lines[-1])["test_accuracy"]
   # The feature store is a cache: nothing of it is left after the run.
   assert not list(d.rglob("features_*"))
+
+
+def test_tiny_run_uses_the_compilation_cache(tiny_run, compilation_cache_dir):
+  # conftest points $LDJAX_COMPILATION_CACHE at a directory of the test session.
+  code, out, err, workdir = tiny_run
+  assert code == 0, err
+  assert f"compilation cache {compilation_cache_dir}" in out
+  assert "compiled the whole-model step into the compilation cache" in out
+  names = [p.name for p in compilation_cache_dir.iterdir()]
+  assert any(n.startswith("jit_scored_train_step") for n in names), names
 
 
 def test_second_run_into_same_workdir_refused(capsys, tiny_run):

@@ -1,0 +1,59 @@
+"""Tests of `ldjax.compile_cache`: where the cache goes, errors, and that runs use it."""
+
+import jax
+import pytest
+
+from ldjax import compile_cache, run
+from ldjax.errors import UsageError
+
+
+def test_resolve(monkeypatch, tmp_path):
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
+  assert compile_cache.resolve(None) == tmp_path / "env"
+  assert compile_cache.resolve(str(tmp_path / "flag")) == tmp_path / "flag"
+  assert compile_cache.resolve("off") is None and compile_cache.resolve("OFF") is None
+  monkeypatch.setenv(compile_cache.ENV, "off")
+  assert compile_cache.resolve(None) is None
+  monkeypatch.delenv(compile_cache.ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  default = compile_cache.resolve(None)
+  assert default == compile_cache.default_dir()
+  assert default.parent == tmp_path / "xdg" / "ldjax" / "xla"
+  assert default.name == compile_cache.host_tag()
+
+
+def test_host_tag_is_stable():
+  assert compile_cache.host_tag() == compile_cache.host_tag()
+
+
+def test_using_restores_the_previous_setting(tmp_path):
+  before = jax.config.jax_compilation_cache_dir
+  with compile_cache.using(tmp_path / "a"):
+    assert compile_cache.enabled()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+    with compile_cache.using(None):
+      assert not compile_cache.enabled()
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+  assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_unwritable_directory_is_a_usage_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  before = jax.config.jax_compilation_cache_dir
+  with pytest.raises(UsageError, match="compilation cache"):
+    compile_cache.enable(blocker / "cache")
+  assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_cli_unwritable_cache_exits_2(capsys, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  workdir = tmp_path / "wd"
+  code = run.main(["--epochs", "1", "--warmup", "0", "--no-progress", "--workdir", str(workdir),
+                   "--compilation-cache", str(blocker / "cache")])
+  out, err = capsys.readouterr()
+  assert code == 2, err
+  assert err.startswith("error: cannot write the compilation cache") and err.count("\n") == 1
+  assert "Traceback" not in err
+  assert not workdir.exists()
