@@ -6,22 +6,26 @@ initial variables (progress bars off, each in its own work directory, as
 prints, side by side:
 
 1. the bare step time of the full model and of the head after each cut the
-   drop run used (each compiled as the loop compiles it, timed over
-   --timing-steps steps on inputs already on the device);
+   drop run used (each compiled as the loop compiles it, on inputs already on
+   the device), timed for --epoch-timing-steps steps after every epoch of both
+   runs (outside their wall time), so that each epoch is compared with a bare
+   step measured next to it rather than minutes away: this machine's speed
+   drifts by up to 20 % over minutes;
 2. the extraction of each drop: the run's `time.extract_store_s` against the
    bare extraction function x the number of batches it ran;
 3. the drop run's wall time against its ideal, the sum over epochs of
-   steps_per_epoch x that epoch's bare head step time; the rest (setup,
+   steps_per_epoch x the bare step timed after that epoch; the rest (setup,
    compilation, extraction and store, evaluation, scoring, checkpoints, the
    training loop's own cost beyond the bare steps, other Python) is the
    overhead, PASS if under 10 % of the wall time; and what evaluating after
    every epoch would add, from the bare time of one evaluation;
 4. the realized speed-up (SGD train time / Drop train time, the paper's T)
    against the ratio of training MACs (`train_macs_total` of the summaries);
-5. the SGD epochs' train time against the bare full-model step x
-   steps_per_epoch: the input pipeline's share, PASS if under 5 %.
+5. the SGD epochs' train time against the bare full-model step (timed after
+   each) x steps_per_epoch: the input pipeline's share, PASS if under 5 %.
 
-  python experiments/bench_drop.py [--timing-steps 20] [--repeats 3] [--out FILE.json] [LDJAX FLAGS]
+  python experiments/bench_drop.py [--epoch-timing-steps 10] [--timing-steps 20] [--repeats 3]
+                                   [--out FILE.json] [LDJAX FLAGS]
 
 LDJAX FLAGS are those of `python -m ldjax.run` (--dataset, --model, --width,
 --epochs, --warmup, --lr, --batch-size, --train-size, --eval-every, ...). The
@@ -77,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
       epilog="Any other flag is passed to ldjax.run's parser (see python -m ldjax.run -h); "
              "--strategy, --resume and --overwrite are ignored.")
   p.add_argument("--timing-steps", type=int, default=20,
-                 help="steps per timing of a bare compiled step (default 20)")
+                 help="steps per timing of the full model before and after the runs and of "
+                      "the extraction functions (default 20)")
+  p.add_argument("--epoch-timing-steps", type=int, default=10,
+                 help="bare steps timed after each epoch of the runs (default 10)")
   p.add_argument("--repeats", type=int, default=3,
                  help="timings per step function; the median is used (default 3)")
   p.add_argument("--in-memory", action="store_true",
@@ -152,8 +159,10 @@ TIMED = {
 NESTED = ("store writes", "store finalize")
 
 
-def train(model, data, cfg, strategy, variables, workdir):
-  """One strategy with fit; returns (summary, epoch records, wall seconds, method times)."""
+def train(model, data, cfg, strategy, variables, workdir, epoch_timings: EpochTimings):
+  """One strategy with fit; returns (summary, epoch records, wall seconds, method times).
+
+  The wall time leaves out `epoch_timings`, which runs after each epoch."""
   records = []
   run_dir = None
   if workdir is not None:
@@ -162,8 +171,8 @@ def train(model, data, cfg, strategy, variables, workdir):
   with timed_methods(TIMED) as totals:
     t0 = time.perf_counter()
     summary = fit(model, data, cfg, strategy, variables=variables, run_dir=run_dir,
-                  progress=False, on_epoch=records.append)
-    wall = time.perf_counter() - t0
+                  progress=False, on_epoch=lambda r: (records.append(r), epoch_timings(r)))
+    wall = time.perf_counter() - t0 - epoch_timings.spent
   summary.pop("variables")
   totals["checkpointer open/close"][0] += totals.pop("checkpointer close", [0.0, 0])[0]
   return summary, records, wall, {k: v[0] for k, v in totals.items()}
@@ -171,8 +180,9 @@ def train(model, data, cfg, strategy, variables, workdir):
 
 # -- bare timings ----------------------------------------------------------------
 
-def _median_time(call, state, steps: int, repeats: int) -> tuple[float, list[float]]:
-  """Median seconds per call of `state = call(state, i)`, after two warm-up calls."""
+def _median_time(call, state, steps: int, repeats: int) -> tuple[float, object, list[float]]:
+  """(median seconds per call, last state, all timings) of `state = call(state, i)`,
+  after two warm-up calls."""
   for i in range(2):
     state = call(state, i)
   jax.block_until_ready(state)
@@ -183,7 +193,7 @@ def _median_time(call, state, steps: int, repeats: int) -> tuple[float, list[flo
       state = call(state, i)
     jax.block_until_ready(state)
     per_step.append((time.perf_counter() - t0) / steps)
-  return float(np.median(per_step)), per_step
+  return float(np.median(per_step)), state, per_step
 
 
 def _device_input(trainer: loop.Trainer, start: int, batch: int, rng) -> jax.Array:
@@ -194,26 +204,56 @@ def _device_input(trainer: loop.Trainer, start: int, batch: int, rng) -> jax.Arr
   return jax.device_put(rng.standard_normal(shape).astype(trainer.feature_dtype))
 
 
-def time_head_step(trainer: loop.Trainer, store_cut: int, cut: int, steps: int,
-                   repeats: int) -> dict:
-  """Compiles the head step for (store_cut, cut) as the loop does; times it on device data."""
-  compiled = trainer._compile_step(store_cut, cut)   # pylint: disable=protected-access
-  bs = trainer.cfg.batch_size
-  # Copies: the step donates its state, and the trainer's variables are reused.
-  state = jax.tree.map(jnp.copy, trainer._head_state(cut))   # pylint: disable=protected-access
-  scores = scoring.init(state.params)
-  frozen = trainer.variables[store_cut:cut]
-  x = _device_input(trainer, store_cut, bs, np.random.default_rng(0))
-  y = jax.device_put(trainer.data.y_train[:bs])
-  step_ids = [jax.device_put(np.int32(i)) for i in range(steps)]
+class HeadTimer:
+  """The head step for (store_cut, cut), compiled as the loop compiles it, with its own
+  copy of the state and an input batch on the device; `time` runs it bare."""
 
-  def call(carry, i):
-    st, sc = carry
-    st, sc, _ = compiled.fn(st, sc, frozen, x, y, trainer.key, step_ids[i % steps])
+  def __init__(self, trainer: loop.Trainer, store_cut: int, cut: int):
+    self.store_cut, self.cut = store_cut, cut
+    self.compiled = trainer._compile_step(store_cut, cut)   # pylint: disable=protected-access
+    bs = trainer.cfg.batch_size
+    # Copies: the step donates its state, and the trainer's variables are reused.
+    state = jax.tree.map(jnp.copy, trainer._head_state(cut))   # pylint: disable=protected-access
+    self.carry = (state, scoring.init(state.params))
+    self.frozen = trainer.variables[store_cut:cut]
+    self.x = _device_input(trainer, store_cut, bs, np.random.default_rng(0))
+    self.y = jax.device_put(trainer.data.y_train[:bs])
+    self.key = trainer.key
+    self.step_ids = [jax.device_put(np.int32(i)) for i in range(64)]
+    self.seconds: list[float] = []   # every timing's seconds per step
+
+  def _call(self, carry, i):
+    st, sc, _ = self.compiled.fn(*carry, self.frozen, self.x, self.y, self.key,
+                                 self.step_ids[i % len(self.step_ids)])
     return st, sc
-  seconds, all_times = _median_time(call, (state, scores), steps, repeats)
-  return {"store_cut": store_cut, "cut": cut, "step_s": seconds, "repeats_s": all_times,
-          "compile_s": compiled.seconds, "xla_flops": compiled.flops}
+
+  def time(self, steps: int, repeats: int = 1) -> float:
+    seconds, self.carry, all_times = _median_time(self._call, self.carry, steps, repeats)
+    self.seconds += all_times
+    return seconds
+
+
+class EpochTimings:
+  """`on_epoch` hook: after each epoch, times the bare step that epoch trained with.
+
+  The ideal of an epoch is then its steps x a step time measured minutes, not
+  minutes apart from it, which cancels the machine's slow drift (the same step
+  measured before and after the runs differed by up to 20 % here). The hook's
+  own time is subtracted from the run's wall time.
+  """
+
+  def __init__(self, trainer: loop.Trainer, heads: dict, steps: int):
+    self.trainer, self.heads, self.steps = trainer, heads, steps
+    self.step_s: list[float] = []   # per epoch
+    self.spent = 0.0
+
+  def __call__(self, record: dict) -> None:
+    t0 = time.perf_counter()
+    pair = (record["stored_stages"], record["dropped_stages"])
+    if pair not in self.heads:
+      self.heads[pair] = HeadTimer(self.trainer, *pair)
+    self.step_s.append(self.heads[pair].time(self.steps))
+    self.spent += time.perf_counter() - t0
 
 
 def time_evaluation(trainer: loop.Trainer, store_cut: int, repeats: int) -> float:
@@ -237,7 +277,7 @@ def time_extract(trainer: loop.Trainer, start: int, stop: int, steps: int, repea
 
   def call(prev, i):
     return compiled.fn(tail, x)
-  seconds, _ = _median_time(call, None, steps, repeats)
+  seconds, _, _ = _median_time(call, None, steps, repeats)
   return {"start": start, "stop": stop, "batch_s": seconds, "compile_s": compiled.seconds}
 
 
@@ -276,44 +316,52 @@ def _bench(args, argv, cfg, cache) -> int:
       f"{len(data.x_test)} test images {'x'.join(map(str, data.image_shape))}, batch {bs}, "
       f"{spe} steps per epoch, {cfg.epochs} epochs (warm-up {cfg.warmup}), lr {cfg.lr:g}")
   steps, repeats = args.timing_steps, args.repeats
-  full_before = time_head_step(timer, 0, 0, steps, repeats)
+  heads = {(0, 0): HeadTimer(timer, 0, 0)}   # (store_cut, cut) -> its timer; compiles cold
+  full_cold_compile = heads[(0, 0)].compiled.seconds
+  full_before = heads[(0, 0)].time(steps, repeats)
 
   workdir_ctx = (contextlib.nullcontext(None) if args.in_memory
                  else contextlib.nullcontext(args.workdir) if args.workdir
                  else tempfile.TemporaryDirectory(prefix="bench_drop_"))
   with workdir_ctx as workdir:
-    runs = {}
+    runs, per_epoch = {}, {}
     for s in ("sgd", "drop"):
       print(f"(training {s}: {cfg.epochs} epochs, progress not shown so as not to time it)",
             file=sys.stderr, flush=True)
-      runs[s] = train(model, data, cfg, s, variables, workdir)
+      timings = EpochTimings(timer, heads, args.epoch_timing_steps)
+      runs[s] = train(model, data, cfg, s, variables, workdir, timings)
+      per_epoch[s] = timings.step_s
   (sgd, sgd_recs, sgd_wall, _), (drop, drop_recs, drop_wall, drop_t) = runs["sgd"], runs["drop"]
+  pair_of = lambda r: (r["stored_stages"], r["dropped_stages"])   # noqa: E731
   if not drop["drop_events"]:
     rep("the drop run dropped nothing: the benchmark says nothing about the mechanism; "
         "change the settings (more epochs, a higher lr)")
     return 1
 
-  # 1. Bare step times of every (input cut, cut) the drop run trained at.
-  pairs = sorted({(r["stored_stages"], r["dropped_stages"]) for r in drop_recs})
-  heads = {(0, 0): full_before}
-  for pair in pairs:
-    if pair not in heads:
-      heads[pair] = time_head_step(timer, *pair, steps, repeats)
-  full_after = time_head_step(timer, 0, 0, steps, repeats)
-  full_step = float(np.median([full_before["step_s"], full_after["step_s"]]))
+  # 1. Bare step times of every (input cut, cut) the runs trained at, after each epoch.
+  full_after = heads[(0, 0)].time(steps, repeats)
+  at = defaultdict(list)   # (store_cut, cut) -> bare step seconds after its epochs
+  for s_ in ("sgd", "drop"):
+    for r, t in zip(runs[s_][1], per_epoch[s_], strict=True):
+      at[pair_of(r)].append(t)
+  full_step = float(np.median(at[(0, 0)]))
   rep("")
-  rep(f"1. Bare step times (median of {repeats} x {steps} steps, inputs on the device)")
+  rep(f"1. Bare step times (inputs on the device; {args.epoch_timing_steps} steps after each "
+      "epoch of both runs, outside their wall time)")
   rep(f"   {'head from stage':<28} {'stages':>6} {'step ms':>9} {'vs full':>8} {'epochs':>6} "
-      f"{'compile s':>9}")
+      f"{'min-max ms':>13}")
   names = model.stage_names
-  for (sc, cut), h in sorted(heads.items(), key=lambda kv: kv[0][1]):
-    n_epochs = sum(1 for r in drop_recs if (r["stored_stages"], r["dropped_stages"]) == (sc, cut))
-    step_s = full_step if (sc, cut) == (0, 0) else h["step_s"]
+  for (sc, cut), ts in sorted(at.items(), key=lambda kv: kv[0][1]):
     label = "full model" if cut == 0 else f"{names[cut]} (cut {cut})"
-    rep(f"   {label:<28} {model.num_stages - cut:>6} {1e3 * step_s:>9.2f} "
-        f"{step_s / full_step:>7.2f}x {n_epochs:>6} {h['compile_s']:>9.2f}")
-  rep(f"   full model timed before the runs {1e3 * full_before['step_s']:.2f} ms and after "
-      f"{1e3 * full_after['step_s']:.2f} ms (the spread is the machine's noise)")
+    rep(f"   {label:<28} {model.num_stages - cut:>6} {1e3 * np.median(ts):>9.2f} "
+        f"{np.median(ts) / full_step:>7.2f}x {len(ts):>6} "
+        f"{f'{1e3 * min(ts):.0f}-{1e3 * max(ts):.0f}':>13}")
+  rep(f"   full model, {repeats} x {steps} steps before the runs {1e3 * full_before:.2f} ms and "
+      f"after {1e3 * full_after:.2f} ms: the machine's drift, which timing after each epoch "
+      "cancels")
+  rep(f"   compilation of the full-model step: {full_cold_compile:.2f} s cold (before the runs), "
+      f"loaded from the cache by SGD in {sgd_recs[0]['time']['compile_s']:.2f} s and by Drop in "
+      f"{drop_recs[0]['time']['compile_s']:.2f} s")
 
   # 2. Extraction per drop.
   rep("")
@@ -339,9 +387,7 @@ def _bench(args, argv, cfg, cache) -> int:
         "share the cores with the train step queued meanwhile")
 
   # 3. Drop run: wall time against its ideal.
-  ideal = sum(spe * (full_step if (r["stored_stages"], r["dropped_stages"]) == (0, 0)
-                     else heads[(r["stored_stages"], r["dropped_stages"])]["step_s"])
-              for r in drop_recs)
+  ideal = spe * sum(per_epoch["drop"])
   sum_t = lambda recs, k: sum(r["time"][k] for r in recs)   # noqa: E731
   cats = {
       "compilation (head steps, extraction)": sum_t(drop_recs, "compile_s"),
@@ -352,16 +398,14 @@ def _bench(args, argv, cfg, cache) -> int:
   cats["other (records, Python)"] = drop_wall - ideal - sum(cats.values())
   overhead = drop_wall - ideal
   rep("")
-  rep("3. Drop run: wall time against the ideal (sum over epochs of steps/epoch x bare head step)")
+  rep("3. Drop run: wall time against the ideal (sum over epochs of steps/epoch x the bare step "
+      "timed after it)")
   rep(f"   wall {drop_wall:.2f} s, ideal {ideal:.2f} s, overhead {overhead:.2f} s = "
       f"{_pct(overhead, drop_wall):.1f} % of the wall time")
   for k, v in sorted(cats.items(), key=lambda kv: -kv[1]):
     note = "  (< 0: timing noise of the shared machine)" if v < 0 else ""
     rep(f"     {k:<44} {v:>8.2f} s {_pct(v, drop_wall):>6.1f} %{note}")
-  # Until the first drop the run compiles the very step SGD compiled: a cache could share it.
   full_compile = drop_recs[0]["time"]["compile_s"]
-  rep(f"   of the compilation, {full_compile:.2f} s is epoch 1's full-model step, the same "
-      f"program the SGD run compiled ({sgd_recs[0]['time']['compile_s']:.2f} s there)")
   ok3 = _pct(overhead, drop_wall) < OVERHEAD_TARGET_PCT
   rep(f"   {'PASS' if ok3 else 'FAIL'}: overhead {_pct(overhead, drop_wall):.1f} % "
       f"{'<' if ok3 else '>='} {OVERHEAD_TARGET_PCT:.0f} %")
@@ -403,7 +447,7 @@ def _bench(args, argv, cfg, cache) -> int:
   # 4. Speed-up against MACs.
   speedup = sgd["train_time_s"] / drop["train_time_s"]
   mac_ratio = sgd["train_macs_total"] / drop["train_macs_total"]
-  sgd_ideal = cfg.epochs * spe * full_step
+  sgd_ideal = spe * sum(per_epoch["sgd"])
   rep("")
   rep("4. Speed-up of Drop over SGD")
   rep(f"   train time T: SGD {sgd['train_time_s']:.2f} s, Drop {drop['train_time_s']:.2f} s -> "
@@ -416,16 +460,18 @@ def _bench(args, argv, cfg, cache) -> int:
 
   # 5. SGD input pipeline.
   train_s = [r["time"]["train_s"] for r in sgd_recs]
-  bare_epoch = spe * full_step
-  share = _pct(sum(train_s) - cfg.epochs * bare_epoch, sum(train_s))
+  bare_epochs = [spe * t for t in per_epoch["sgd"]]
+  share = _pct(sum(train_s) - sum(bare_epochs), sum(train_s))
+  epoch_shares = [_pct(a - b, a) for a, b in zip(train_s, bare_epochs)]
   ok5 = share < INPUT_TARGET_PCT
   rep("")
-  rep("5. SGD epochs against the bare full-model step (input pipeline and loop share)")
+  rep("5. SGD epochs against the bare full-model step timed after each (input pipeline and "
+      "loop share)")
   rep(f"   train_s per epoch: median {np.median(train_s):.3f} s (min {min(train_s):.3f}, "
-      f"max {max(train_s):.3f}); bare step x {spe} steps = {bare_epoch:.3f} s")
+      f"max {max(train_s):.3f}); bare step x {spe} steps: median {np.median(bare_epochs):.3f} s")
   rep(f"   {'PASS' if ok5 else 'FAIL'}: input pipeline and loop {share:.1f} % of the epoch "
       f"{'<' if ok5 else '>='} {INPUT_TARGET_PCT:.0f} % (median epoch: "
-      f"{_pct(np.median(train_s) - bare_epoch, np.median(train_s)):.1f} %)")
+      f"{np.median(epoch_shares):.1f} %)")
   rep(f"load average {os.getloadavg()[0]:.1f} at the end")
 
   if args.out:
@@ -434,9 +480,12 @@ def _bench(args, argv, cfg, cache) -> int:
         "config": dataclasses.asdict(cfg),
         "model": model.name, "stage_names": list(names), "steps_per_epoch": spe,
         "timing_steps": steps, "repeats": repeats,
-        "full_step_s": full_step, "full_step_before_s": full_before["step_s"],
-        "full_step_after_s": full_after["step_s"],
-        "heads": [h | {"stage": names[c]} for (s, c), h in sorted(heads.items())],
+        "epoch_timing_steps": args.epoch_timing_steps,
+        "full_step_s": full_step, "full_step_before_s": full_before,
+        "full_step_after_s": full_after, "full_step_cold_compile_s": full_cold_compile,
+        "bare_step_s_per_epoch": per_epoch,
+        "heads": [{"store_cut": sc, "cut": c, "stage": names[c], "step_s": float(np.median(ts)),
+                   "after_epochs_s": ts} for (sc, c), ts in sorted(at.items())],
         "extractions": extractions,
         "drop": {"wall_s": drop_wall, "ideal_s": ideal, "overhead_s": overhead,
                  "overhead_pct": _pct(overhead, drop_wall), "overhead_categories_s": cats,
@@ -448,7 +497,7 @@ def _bench(args, argv, cfg, cache) -> int:
                  "target_pct": OVERHEAD_TARGET_PCT},
         "speedup": {"train_time": speedup, "train_macs": mac_ratio,
                     "bare_step_ideal": sgd_ideal / ideal, "wall": sgd_wall / drop_wall},
-        "sgd_input": {"train_s_per_epoch": train_s, "bare_epoch_s": bare_epoch,
+        "sgd_input": {"train_s_per_epoch": train_s, "bare_epoch_s": bare_epochs,
                       "share_pct": share, "pass": ok5, "target_pct": INPUT_TARGET_PCT},
         "summaries": {"sgd": sgd, "drop": drop}, "sgd_wall_s": sgd_wall,
         "records": {"sgd": sgd_recs, "drop": drop_recs},
