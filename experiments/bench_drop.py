@@ -30,9 +30,10 @@ prints, side by side:
 LDJAX FLAGS are those of `python -m ldjax.run` (--dataset, --model, --width,
 --epochs, --warmup, --lr, --batch-size, --train-size, --eval-every, ...). The
 default is its no-argument run (ResNet-18 on the embedded Fashion-MNIST
-subset) made long enough for one-off costs to weigh as in real training:
-`--width 0.25 --epochs 16 --eval-every 4`, about 6 minutes here. Pass e.g.
-`--width 0.125 --epochs 8 --eval-every 1` for the no-argument run itself, or
+subset, test evaluation after every epoch) made long enough for one-off costs
+to weigh as in real training: `--width 0.25 --epochs 16`, about 7.5 minutes
+here. Pass `--width 0.125 --epochs 8` for the no-argument run itself,
+`--eval-every 4` to evaluate less often, or e.g.
 `--dataset idx:/usr/share/datasets/fashion-mnist --train-size 12000`.
 As `python -m ldjax.run` does, the runs use JAX's persistent compilation cache,
 by default in a new temporary directory: the drop run loads the programs that
@@ -68,9 +69,8 @@ from ldjax.train import fit  # noqa: E402
 from ldjax.workdir import RunDir  # noqa: E402
 
 # A run long enough for its one-off costs (compilation above all) to weigh as
-# they do in real training, yet under 10 minutes for the whole benchmark here;
-# test evaluation every 4th epoch (see section 3 for every epoch).
-BENCH_DEFAULTS = ["--width", "0.25", "--epochs", "16", "--eval-every", "4"]
+# they do in real training, yet under 10 minutes for the whole benchmark here.
+BENCH_DEFAULTS = ["--width", "0.25", "--epochs", "16"]
 OVERHEAD_TARGET_PCT = 10.0
 INPUT_TARGET_PCT = 5.0
 
@@ -139,7 +139,7 @@ def timed_methods(targets: dict[str, tuple[object, str]]):
 
 
 # Costs paid once per run whatever its length.
-ONE_OFF = ("compilation (head steps, extraction)", "setup (Trainer: eval compile, shapes, MACs)",
+ONE_OFF = ("compilation (waits for head steps, extraction)", "setup (Trainer: eval compile, shapes, MACs)",
            "checkpointer open/close")
 
 # Everything fit does outside Trainer.run_epoch that may take time.
@@ -381,16 +381,17 @@ def _bench(args, argv, cfg, cache) -> int:
           f"{e['bare_s']:>9.2f} {e['measured_s'] - e['bare_s']:>12.2f} {e['bytes'] / 1e6:>9.1f}")
     prev = r["stored_stages"]
   if extractions:
-    rep(f"   measured = extraction calls (input copy to the device, run, sync) + store writes "
-        f"{drop_t.get('store writes', 0):.2f} s (copy to host, scatter into the store) + "
-        f"finalize {drop_t.get('store finalize', 0):.2f} s (checksums); on a CPU the writes "
-        "share the cores with the train step queued meanwhile")
+    rep(f"   measured = the pass over the training set before the epoch trains: extraction "
+        f"calls + store writes {drop_t.get('store writes', 0):.2f} s (wait for the batch, copy to host, write into "
+        f"the store, each batch while the next one runs) + finalize "
+        f"{drop_t.get('store finalize', 0):.2f} s (checksums); the head's step compiles in a "
+        "background thread meanwhile, sharing the cores")
 
   # 3. Drop run: wall time against its ideal.
   ideal = spe * sum(per_epoch["drop"])
   sum_t = lambda recs, k: sum(r["time"][k] for r in recs)   # noqa: E731
   cats = {
-      "compilation (head steps, extraction)": sum_t(drop_recs, "compile_s"),
+      "compilation (waits for head steps, extraction)": sum_t(drop_recs, "compile_s"),
       "extraction and feature store": sum_t(drop_recs, "extract_store_s"),
       "training loop beyond the bare steps": sum_t(drop_recs, "train_s") - ideal,
       **{k: v for k, v in drop_t.items() if v > 0 and k not in NESTED},

@@ -5,10 +5,10 @@
 - "freeze": after the warm-up, the decision rule of `ldjax.scoring` freezes
   a growing prefix, which stays in the forward pass in inference mode;
 - "drop": the same decisions, but the prefix leaves the forward pass: the
-  epoch after a decision runs the newly dropped stages once over the training
-  set (their input is the images or the previous store), stores their
-  outputs and trains the head on them in the same pass; later epochs read
-  the store.
+  epoch after a decision first runs the newly dropped stages once over the
+  training set (their input is the images or the previous store) and stores
+  their outputs, while the head's step compiles in a background thread, then
+  trains the head on the store; later epochs read the store.
 
 Two cut positions describe every strategy: stages [0, store_cut) are read
 from the feature store (0: images), stages [store_cut, cut) run frozen in
@@ -22,6 +22,7 @@ slice of it; the head step is compiled once per cut.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import shutil
 import time
@@ -121,6 +122,8 @@ class Trainer:
     self.test_features: np.ndarray | None = None
     self.test_cut = 0
     self.head_eval_fn: steps.Compiled | None = None
+    # ((start, stop), future of `_compile_test_programs`) started during an extraction.
+    self._test_programs = None
 
   @property
   def source(self):
@@ -198,22 +201,16 @@ class Trainer:
     self.store_fallbacks.append({"stage_stop": stop, "reason": why})
     return None
 
-  def rebuild_store(self, stop: int, bar=None) -> float:
+  def rebuild_store(self, stop: int) -> float:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
     t0 = time.perf_counter()
     store = self.new_store(stop)
+    if store is not None:
+      store = self._fill_store(store, self._compile_extract(0, stop), self.variables[:stop],
+                               self.images)
     if store is None:
-      raise UsageError(f"the feature store of stages 0-{stop - 1} does not fit; "
+      raise UsageError(f"the feature store of stages 0-{stop - 1} cannot be written; "
                        "raise --feature-memory-gb or free disk space")
-    extract = self._compile_extract(0, stop)
-    bs = self.cfg.batch_size
-    order = np.arange(self.n_train)
-    for i in range(0, self.n_train, bs):
-      idx = order[i:i + bs]
-      padded = np.concatenate([idx, order[:bs - len(idx)]]) if len(idx) < bs else idx
-      feats = np.asarray(extract.fn(self.variables[:stop], self.images.read(padded)))
-      store.write(idx, feats[:len(idx)])
-    store.finalize()
     self._replace_store(store)
     return time.perf_counter() - t0
 
@@ -241,6 +238,7 @@ class Trainer:
   # -- one epoch ---------------------------------------------------------------
 
   def run_epoch(self, epoch: int, bar, should_stop=None, on_step=None) -> dict:
+    """One epoch; after a drop decision it first fills the new store (see `_fill_store`)."""
     cfg, d = self.cfg, self.drop
     times = dict(train_s=0.0, extract_store_s=0.0, compile_s=0.0)
     # CPU seconds of this process (all threads): a measure of the work done that,
@@ -253,54 +251,60 @@ class Trainer:
       if new_store is not None:
         extract = self._compile_extract(start, stop)
         times["compile_s"] += extract.seconds
-    read_cut = d.store_cut                        # what this epoch's batches come from
+    read_cut = d.store_cut                        # what the extraction / batches read
     step_cut = d.pending[1] if extract is not None else d.store_cut   # what the step reads
+    tail_vars = self.variables[read_cut:step_cut]
+    compiling = None
     if self.compiled_for != (step_cut, d.cut):
-      self.step_fn = self._compile_step(step_cut, d.cut)
-      self.compiled_for = (step_cut, d.cut)
-      times["compile_s"] += self.step_fn.seconds
-    t_epoch = time.perf_counter()
+      # Compiled in a thread while the new store fills (XLA compiles on the host,
+      # mostly outside the GIL); compile_s counts only the wait after it.
+      pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ldjax-compile")
+      compiling = pool.submit(self._compile_step, step_cut, d.cut)
+      if extract is not None and self._test_cache_fits(step_cut, new_store):
+        # Next in the same thread: the programs of the evaluation after this epoch,
+        # on cached test features (see `evaluate`).
+        key = (self.test_cut, step_cut)
+        self._test_programs = key, pool.submit(self._compile_test_programs, *key)
+      pool.shutdown(wait=False)   # its thread ends with the compiles
     source = self.source
+    if extract is not None:
+      bar.set_postfix_str(f"storing the outputs of stages 0-{step_cut - 1}")
+      t0 = time.perf_counter()
+      new_store = self._fill_store(new_store, extract, tail_vars, source, epoch, should_stop,
+                                   on_step)
+      times["extract_store_s"] = time.perf_counter() - t0
+    if compiling is not None:
+      t0 = time.perf_counter()
+      self.step_fn, self.compiled_for = compiling.result(), (step_cut, d.cut)
+      times["compile_s"] += time.perf_counter() - t0
+    # After a failed write the new stages run on each batch instead (no store).
+    fused = extract if extract is not None and new_store is None else None
+    if new_store is not None:
+      source = new_store
+    t_train = time.perf_counter()
     state = self._head_state(d.cut)
     scores = scoring.init(state.params)
     frozen_vars = self.variables[step_cut:d.cut]
-    tail_vars = self.variables[read_cut:step_cut]
     perm = epoch_permutation(cfg.seed, epoch, self.n_train)
     bs = cfg.batch_size
-    metrics, to_store = [], []
+    metrics = []
     for s in range(self.steps_per_epoch):
       if should_stop is not None and should_stop():
         raise Interrupted()
       idx = perm[s * bs:(s + 1) * bs]
       x = source.read(idx)
-      if extract is not None:
-        if metrics:   # let the queued step finish, so the timer sees extraction alone
-          metrics[-1]["loss"].block_until_ready()
-        t0 = time.perf_counter()
-        x = extract.fn(tail_vars, x).block_until_ready()
-        times["extract_store_s"] += time.perf_counter() - t0
-        if new_store is not None:   # after a failed write, nothing is kept for storing
-          to_store.append((idx, x))
+      if fused is not None:
+        x = fused.fn(tail_vars, x)
       if on_step is not None:
-        on_step(epoch, s, "extract" if extract is not None else "train")
+        on_step(epoch, s, "train")
       state, scores, m = self.step_fn.fn(state, scores, frozen_vars, x, self.data.y_train[idx],
                                          self.key, np.int32(epoch * self.steps_per_epoch + s))
       metrics.append(m)
-      if new_store is not None and len(to_store) > 1:   # write the previous batch meanwhile
-        t0 = time.perf_counter()
-        new_store = self._store_write(new_store, to_store.pop(0))
-        if new_store is None:
-          to_store.clear()
-        times["extract_store_s"] += time.perf_counter() - t0
       if s >= 2:   # bound the work in flight without a sync on the newest step
         metrics[s - 2]["loss"].block_until_ready()
       bar.update(1)
-    if new_store is not None:
-      t0 = time.perf_counter()
-      new_store = self._finish_store(new_store, to_store, extract, tail_vars, source, perm)
-      times["extract_store_s"] += time.perf_counter() - t0
     jax.block_until_ready(state)
-    times["train_s"] = time.perf_counter() - t_epoch - times["extract_store_s"]
+    times["train_s"] = time.perf_counter() - t_train
     cpu_s = time.process_time() - cpu0
     host = jax.device_get(metrics)
     losses = np.asarray([m["loss"] for m in host])
@@ -330,31 +334,26 @@ class Trainer:
                 loss=float(losses.mean()),
                 train_accuracy=100.0 * float(sum(m["correct"] for m in host)) / seen)
 
-  def _store_write(self, store: FeatureStore | None, item) -> FeatureStore | None:
-    """Writes one batch; on an I/O error, abandons the store (the run goes on frozen)."""
-    if store is None:
-      return None
-    idx, x = item
-    try:
-      store.write(idx, np.asarray(x))
-      return store
-    except OSError as e:
-      store.delete()
-      return self._cannot_store(store.stage_range[1], f"write failed: {e}")
+  def _fill_store(self, store: FeatureStore, extract: steps.Compiled, tail_vars, source,
+                  epoch: int | None = None, should_stop=None, on_step=None) -> FeatureStore | None:
+    """Runs `extract` over the whole training set, in example order, into `store`.
 
-  def _finish_store(self, store, to_store, extract, tail_vars, source, perm):
-    for item in to_store:
-      store = self._store_write(store, item)
+    Each batch is written while the next one runs. Returns the finalized
+    store, or None (with a warning) when a write failed.
+    """
     bs = self.cfg.batch_size
-    rest = perm[self.steps_per_epoch * bs:]
-    for i in range(0, len(rest), bs):   # examples this epoch's batches left out
-      if store is None:
+    queued = None
+    for i, start in enumerate(range(0, self.n_train, bs)):
+      if should_stop is not None and should_stop():
+        raise Interrupted()
+      if on_step is not None:
+        on_step(epoch, i, "extract")
+      idx = np.arange(start, min(start + bs, self.n_train))
+      x = extract.fn(tail_vars, _pad_rows(source.read(idx), bs))
+      if queued is not None and (store := self._store_write(store, queued)) is None:
         return None
-      idx = rest[i:i + bs]
-      padded = np.concatenate([idx, perm[:bs - len(idx)]])
-      feats = extract.fn(tail_vars, source.read(padded))
-      store = self._store_write(store, (idx, np.asarray(feats)[:len(idx)]))
-    if store is None:
+      queued = (idx, x)
+    if (store := self._store_write(store, queued)) is None:
       return None
     try:
       store.finalize()
@@ -362,6 +361,19 @@ class Trainer:
     except OSError as e:
       store.delete()
       return self._cannot_store(store.stage_range[1], f"finalize failed: {e}")
+
+  def _store_write(self, store: FeatureStore | None, item) -> FeatureStore | None:
+    """Writes one batch (its first len(idx) rows); on an I/O error, abandons the store
+    (the run goes on frozen)."""
+    if store is None:
+      return None
+    idx, x = item
+    try:
+      store.write(idx, np.asarray(x)[:len(idx)])
+      return store
+    except OSError as e:
+      store.delete()
+      return self._cannot_store(store.stage_range[1], f"write failed: {e}")
 
   def evaluate(self) -> dict:
     """Test loss and accuracy of the whole model.
@@ -392,26 +404,49 @@ class Trainer:
     return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
             "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
 
-  def _cache_test_features(self, stop: int) -> None:
-    """Extends the test-set features to stages [0, stop), or leaves the cache as it is."""
+  def _compile_test_programs(self, start: int, stop: int) -> tuple[steps.Compiled, steps.Compiled]:
+    """Extraction of stages [start, stop) on test batches (float32) and evaluation of the
+    head from `stop`; compiled from shapes only, so a background thread may do it while
+    the train step donates the arrays."""
     n_test = len(self.data.x_test)
-    nbytes = n_test * int(np.prod(self.shapes[stop - 1])) * 4
-    in_memory = 0 if self.store is None or not self.store.in_memory else self.store.nbytes
-    if nbytes > self.cfg.feature_memory_gb * (1 << 30) - in_memory:
-      return
-    start = self.test_cut
     bs = min(self.cfg.eval_batch_size, n_test)
-    x = self.data.x_test if start == 0 else self.test_features
-    in_struct = jax.ShapeDtypeStruct((bs, *x.shape[1:]), x.dtype)
+    struct = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
+    in_shape, in_dtype = ((self.data.image_shape, np.uint8) if start == 0
+                          else (self.shapes[start - 1], np.float32))
     extract = steps.compile_fn(
-        steps.extract_features, self.variables[start:stop], in_struct,
+        steps.extract_features, struct(self.variables[start:stop]),
+        jax.ShapeDtypeStruct((bs, *in_shape), in_dtype),
         stages=self.model.stages[start:stop], out_dtype=np.float32, **self.norm)
     head_eval = steps.compile_fn(
-        steps.eval_step, self.variables[stop:],
+        steps.eval_step, struct(self.variables[stop:]),
         jax.ShapeDtypeStruct((bs, *self.shapes[stop - 1]), np.float32),
         jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
         stages=self.model.stages[stop:], **self.norm)
-    self.eval_compile_s += extract.seconds + head_eval.seconds
+    return extract, head_eval
+
+  def _test_cache_fits(self, stop: int, store: FeatureStore | None) -> bool:
+    """Whether float32 test features of stage stop-1 fit in --feature-memory-gb next to
+    `store` (the training store, counted when it is held in memory)."""
+    nbytes = len(self.data.x_test) * int(np.prod(self.shapes[stop - 1])) * 4
+    in_memory = 0 if store is None or not store.in_memory else store.nbytes
+    return nbytes <= self.cfg.feature_memory_gb * (1 << 30) - in_memory
+
+  def _cache_test_features(self, stop: int) -> None:
+    """Extends the test-set features to stages [0, stop), or leaves the cache as it is."""
+    if not self._test_cache_fits(stop, self.store):
+      return
+    n_test = len(self.data.x_test)
+    start = self.test_cut
+    bs = min(self.cfg.eval_batch_size, n_test)
+    x = self.data.x_test if start == 0 else self.test_features
+    prefetched, self._test_programs = self._test_programs, None
+    if prefetched is not None and prefetched[0] == (start, stop):
+      t0 = time.perf_counter()
+      extract, head_eval = prefetched[1].result()
+      self.eval_compile_s += time.perf_counter() - t0   # the wait, as for the train step
+    else:
+      extract, head_eval = self._compile_test_programs(start, stop)
+      self.eval_compile_s += extract.seconds + head_eval.seconds
     out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
     for i in range(0, n_test, bs):
       n = len(x[i:i + bs])

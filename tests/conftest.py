@@ -1,7 +1,8 @@
 """Shared fixtures: a small, deterministic subset of the embedded Fashion-MNIST data.
 
 544 training images are 8 full batches of 64 plus 32 left over, so every epoch
-skips some examples and a drop epoch has to extract them at its end.
+skips some examples (a new store must hold them all) and the extraction's last
+batch is incomplete.
 
 `python -m ldjax.run` keeps compiled programs in ~/.cache by default; the
 tests' runs (in this process and in subprocesses, which inherit the
