@@ -12,9 +12,10 @@ The notebook API:
   ldjax.TrainConfig      every setting of a run
   ldjax.fit              train one strategy: "sgd", "freeze" or "drop"
   ldjax.run_strategies   several strategies side by side, with a comparison table
+  ldjax.compile_cache    JAX's persistent compilation cache (the command line's default)
 """
 
-from ldjax import scoring
+from ldjax import compile_cache, scoring
 from ldjax.compare import run_strategies
 from ldjax.config import STRATEGIES, TrainConfig
 from ldjax.data import Dataset, load_dataset
@@ -22,6 +23,6 @@ from ldjax.errors import UsageError
 from ldjax.train import fit
 from ldjax.models import StagedModel, apply_stages, build_model
 
-__all__ = ["scoring", "run_strategies", "STRATEGIES", "TrainConfig", "Dataset",
+__all__ = ["compile_cache", "scoring", "run_strategies", "STRATEGIES", "TrainConfig", "Dataset",
            "load_dataset", "UsageError", "fit", "StagedModel", "apply_stages", "build_model"]
 __version__ = "0.1.0"
