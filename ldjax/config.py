@@ -81,8 +81,9 @@ PAPER_PRESETS = {
 
 # The no-argument run: a CPU-sized Fashion-MNIST subset shipped in the package,
 # the MNIST protocol's lr and warm-up ratio, few epochs, a width-reduced model.
+# Test batches of 250 evaluate 10-20 % faster than 1000 on a 2-core CPU.
 EMBEDDED_PRESET = dict(model="resnet18", width=0.125, epochs=8, warmup=2, lr=0.01,
-                       batch_size=128)
+                       batch_size=128, eval_batch_size=250)
 
 
 def preset_for(dataset: str) -> dict:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
          "memory-mapped .npy files in the work directory. Drop also caches the dropped "
          "stages' test-set outputs (float32) within what an in-memory store leaves; "
          "without room it evaluates the whole model")
-  a("--eval-batch-size", type=int, default=None, help="batch size of test evaluation (1000)")
+  a("--eval-batch-size", type=int, default=None, help="batch size of test evaluation (1000; 250 for the embedded data)")
   a("--eval-every", type=int, default=None, metavar="N",
     help="evaluate on the test set every N epochs and after the last (default 1: every "
          "epoch, which the accuracy-per-epoch figure shows; evaluation is not part of T)")
