@@ -77,6 +77,11 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
 
 
+def _structs(tree):
+  """The shapes and dtypes of a pytree of arrays (enough to compile for it)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
   if cfg.lr_decay_epoch is None:
     return optax.constant_schedule(cfg.lr)
@@ -264,7 +269,8 @@ class Trainer:
         # Next in the same thread: the programs of the evaluation after this epoch,
         # on cached test features (see `evaluate`).
         key = (self.test_cut, step_cut)
-        self._test_programs = key, pool.submit(self._compile_test_programs, *key)
+        self._test_programs = key, pool.submit(self._compile_test_programs, *key,
+                                               _structs(self.variables))
       pool.shutdown(wait=False)   # its thread ends with the compiles
     source = self.source
     if extract is not None:
@@ -404,21 +410,21 @@ class Trainer:
     return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
             "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
 
-  def _compile_test_programs(self, start: int, stop: int) -> tuple[steps.Compiled, steps.Compiled]:
+  def _compile_test_programs(self, start: int, stop: int,
+                             variables: list) -> tuple[steps.Compiled, steps.Compiled]:
     """Extraction of stages [start, stop) on test batches (float32) and evaluation of the
-    head from `stop`; compiled from shapes only, so a background thread may do it while
-    the train step donates the arrays."""
+    head from `stop`. `variables` may be shapes only (`_structs`): then a background
+    thread can compile while the train step donates the arrays."""
     n_test = len(self.data.x_test)
     bs = min(self.cfg.eval_batch_size, n_test)
-    struct = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)  # noqa: E731
     in_shape, in_dtype = ((self.data.image_shape, np.uint8) if start == 0
                           else (self.shapes[start - 1], np.float32))
     extract = steps.compile_fn(
-        steps.extract_features, struct(self.variables[start:stop]),
+        steps.extract_features, variables[start:stop],
         jax.ShapeDtypeStruct((bs, *in_shape), in_dtype),
         stages=self.model.stages[start:stop], out_dtype=np.float32, **self.norm)
     head_eval = steps.compile_fn(
-        steps.eval_step, struct(self.variables[stop:]),
+        steps.eval_step, variables[stop:],
         jax.ShapeDtypeStruct((bs, *self.shapes[stop - 1]), np.float32),
         jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
         stages=self.model.stages[stop:], **self.norm)
@@ -445,7 +451,7 @@ class Trainer:
       extract, head_eval = prefetched[1].result()
       self.eval_compile_s += time.perf_counter() - t0   # the wait, as for the train step
     else:
-      extract, head_eval = self._compile_test_programs(start, stop)
+      extract, head_eval = self._compile_test_programs(start, stop, self.variables)
       self.eval_compile_s += extract.seconds + head_eval.seconds
     out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
     for i in range(0, n_test, bs):
