@@ -180,9 +180,9 @@ def train(model, data, cfg, strategy, variables, workdir, epoch_timings: EpochTi
 
 # -- bare timings ----------------------------------------------------------------
 
-def _median_time(call, state, steps: int, repeats: int) -> tuple[float, object, list[float]]:
-  """(median seconds per call, last state, all timings) of `state = call(state, i)`,
-  after two warm-up calls."""
+def _median_time(call, state, steps: int, repeats: int) -> tuple[float, object]:
+  """(median seconds per call, last state) of `state = call(state, i)`, after two
+  warm-up calls."""
   for i in range(2):
     state = call(state, i)
   jax.block_until_ready(state)
@@ -193,7 +193,7 @@ def _median_time(call, state, steps: int, repeats: int) -> tuple[float, object, 
       state = call(state, i)
     jax.block_until_ready(state)
     per_step.append((time.perf_counter() - t0) / steps)
-  return float(np.median(per_step)), state, per_step
+  return float(np.median(per_step)), state
 
 
 def _device_input(trainer: loop.Trainer, start: int, batch: int, rng) -> jax.Array:
@@ -209,7 +209,6 @@ class HeadTimer:
   copy of the state and an input batch on the device; `time` runs it bare."""
 
   def __init__(self, trainer: loop.Trainer, store_cut: int, cut: int):
-    self.store_cut, self.cut = store_cut, cut
     self.compiled = trainer._compile_step(store_cut, cut)   # pylint: disable=protected-access
     bs = trainer.cfg.batch_size
     # Copies: the step donates its state, and the trainer's variables are reused.
@@ -220,7 +219,6 @@ class HeadTimer:
     self.y = jax.device_put(trainer.data.y_train[:bs])
     self.key = trainer.key
     self.step_ids = [jax.device_put(np.int32(i)) for i in range(64)]
-    self.seconds: list[float] = []   # every timing's seconds per step
 
   def _call(self, carry, i):
     st, sc, _ = self.compiled.fn(*carry, self.frozen, self.x, self.y, self.key,
@@ -228,8 +226,7 @@ class HeadTimer:
     return st, sc
 
   def time(self, steps: int, repeats: int = 1) -> float:
-    seconds, self.carry, all_times = _median_time(self._call, self.carry, steps, repeats)
-    self.seconds += all_times
+    seconds, self.carry = _median_time(self._call, self.carry, steps, repeats)
     return seconds
 
 
@@ -277,7 +274,7 @@ def time_extract(trainer: loop.Trainer, start: int, stop: int, steps: int, repea
 
   def call(prev, i):
     return compiled.fn(tail, x)
-  seconds, _, _ = _median_time(call, None, steps, repeats)
+  seconds, _ = _median_time(call, None, steps, repeats)
   return {"start": start, "stop": stop, "batch_s": seconds, "compile_s": compiled.seconds}
 
 
