@@ -122,7 +122,7 @@ def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_B
       "loss": loss, "loss_finite": bool(np.isfinite(loss)), "error": error,
       "test_loss_finite": None if ev is None else bool(np.isfinite(ev["test_loss"])),
       "load_s": load_s,
-      "eval_compile_s": trainer.eval_fn.seconds,
+      "eval_compile_s": trainer.evaluator.eval_fn.seconds,
       "trainer_s": trainer_s,
       "step_compile_s": None if out is None else out["times"]["compile_s"],
       "step_s": None if out is None else out["times"]["train_s"],

@@ -185,6 +185,13 @@ def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0, *,
   return x[keep], y[keep]
 
 
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+  """`a` with zero rows appended up to `rows` (a last, incomplete batch)."""
+  if len(a) == rows:
+    return a
+  return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   """The example order of one epoch: an int64 permutation of range(n).
 

@@ -35,7 +35,8 @@ import optax
 
 from ldjax import costs, scoring, steps
 from ldjax.config import TrainConfig
-from ldjax.data import Dataset, epoch_permutation
+from ldjax.data import Dataset, epoch_permutation, pad_rows
+from ldjax.evaluation import Evaluator
 from ldjax.errors import UsageError
 from ldjax.models import StagedModel
 from ldjax.store import FeatureStore, storage_dtype
@@ -68,18 +69,6 @@ class ImageSource:
 
   def read(self, idx: np.ndarray) -> np.ndarray:
     return self.x[idx]
-
-
-def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-  """`a` with zero rows appended up to `rows` (a last, incomplete batch)."""
-  if len(a) == rows:
-    return a
-  return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
-
-
-def _structs(tree):
-  """The shapes and dtypes of a pytree of arrays (enough to compile for it)."""
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -121,14 +110,12 @@ class Trainer:
     self.features_dir = None if run_dir is None else run_dir.path / "features"
     self.store_fallbacks: list[dict] = []   # drops that stayed frozen: no room for the store
     self.retired_stores: list[FeatureStore] = []
-    self.eval_fn = self._compile_eval()
-    self.eval_compile_s = self.eval_fn.seconds   # all evaluation programs so far
-    # Test-set outputs of stages [0, test_cut) (drop only; see `evaluate`).
-    self.test_features: np.ndarray | None = None
-    self.test_cut = 0
-    self.head_eval_fn: steps.Compiled | None = None
-    # ((start, stop), future of `_compile_test_programs`) started during an extraction.
-    self._test_programs = None
+    self.evaluator = Evaluator(model, data, cfg, self.shapes, self.variables)
+
+  @property
+  def eval_compile_s(self) -> float:
+    """Seconds spent compiling evaluation programs so far (not part of T)."""
+    return self.evaluator.compile_s
 
   @property
   def source(self):
@@ -155,14 +142,6 @@ class Trainer:
         donate_argnums=(0, 1), head_stages=self.model.stages[cut:],
         frozen_stages=self.model.stages[store_cut:cut], tx=self.tx, head_index=cut,
         **self.norm)
-
-  def _compile_eval(self) -> steps.Compiled:
-    bs = min(self.cfg.eval_batch_size, len(self.data.x_test))
-    return steps.compile_fn(
-        steps.eval_step, self.variables,
-        jax.ShapeDtypeStruct((bs, *self.data.image_shape), np.uint8),
-        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
-        stages=self.model.stages, **self.norm)
 
   def _compile_extract(self, start: int, stop: int) -> steps.Compiled:
     return steps.compile_fn(
@@ -265,12 +244,9 @@ class Trainer:
       # mostly outside the GIL); compile_s counts only the wait after it.
       pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ldjax-compile")
       compiling = pool.submit(self._compile_step, step_cut, d.cut)
-      if extract is not None and self._test_cache_fits(step_cut, new_store):
-        # Next in the same thread: the programs of the evaluation after this epoch,
-        # on cached test features (see `evaluate`).
-        key = (self.test_cut, step_cut)
-        self._test_programs = key, pool.submit(self._compile_test_programs, *key,
-                                               _structs(self.variables))
+      if extract is not None:
+        # Next in the same thread: the programs of the evaluation after this epoch.
+        self.evaluator.prefetch(pool, step_cut, self.variables, new_store)
       pool.shutdown(wait=False)   # its thread ends with the compiles
     source = self.source
     if extract is not None:
@@ -355,7 +331,7 @@ class Trainer:
       if on_step is not None:
         on_step(epoch, i, "extract")
       idx = np.arange(start, min(start + bs, self.n_train))
-      x = extract.fn(tail_vars, _pad_rows(source.read(idx), bs))
+      x = extract.fn(tail_vars, pad_rows(source.read(idx), bs))
       if queued is not None and (store := self._store_write(store, queued)) is None:
         return None
       queued = (idx, x)
@@ -382,83 +358,10 @@ class Trainer:
       return self._cannot_store(store.stage_range[1], f"write failed: {e}")
 
   def evaluate(self) -> dict:
-    """Test loss and accuracy of the whole model.
-
-    After a drop the dropped stages are frozen, so their outputs on the test
-    set are computed once (float32, kept in host memory) and later
-    evaluations run only the head on them: the same model, without
-    recomputing the frozen prefix every epoch. Without room for them within
-    --feature-memory-gb (after the training store) the whole model runs.
-    """
+    """Test loss and accuracy of the whole model; for Drop, the dropped stages'
+    outputs are cached (see `ldjax.evaluation`)."""
     cut = self.drop.store_cut if self.strategy == "drop" else 0
-    if cut > self.test_cut:
-      self._cache_test_features(cut)
-    if self.test_cut == 0:
-      return self._eval_batches(self.eval_fn.fn, self.variables, self.data.x_test)
-    return self._eval_batches(self.head_eval_fn.fn, self.variables[self.test_cut:],
-                              self.test_features)
-
-  def _eval_batches(self, fn, variables, x) -> dict:
-    y = self.data.y_test
-    bs = min(self.cfg.eval_batch_size, len(x))
-    outs = []
-    for i in range(0, len(x), bs):
-      n = len(x[i:i + bs])
-      outs.append(fn(variables, _pad_rows(x[i:i + bs], bs), _pad_rows(y[i:i + bs], bs),
-                     np.arange(bs) < n))
-    outs = jax.device_get(outs)
-    return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
-            "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
-
-  def _compile_test_programs(self, start: int, stop: int,
-                             variables: list) -> tuple[steps.Compiled, steps.Compiled]:
-    """Extraction of stages [start, stop) on test batches (float32) and evaluation of the
-    head from `stop`. `variables` may be shapes only (`_structs`): then a background
-    thread can compile while the train step donates the arrays."""
-    n_test = len(self.data.x_test)
-    bs = min(self.cfg.eval_batch_size, n_test)
-    in_shape, in_dtype = ((self.data.image_shape, np.uint8) if start == 0
-                          else (self.shapes[start - 1], np.float32))
-    extract = steps.compile_fn(
-        steps.extract_features, variables[start:stop],
-        jax.ShapeDtypeStruct((bs, *in_shape), in_dtype),
-        stages=self.model.stages[start:stop], out_dtype=np.float32, **self.norm)
-    head_eval = steps.compile_fn(
-        steps.eval_step, variables[stop:],
-        jax.ShapeDtypeStruct((bs, *self.shapes[stop - 1]), np.float32),
-        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
-        stages=self.model.stages[stop:], **self.norm)
-    return extract, head_eval
-
-  def _test_cache_fits(self, stop: int, store: FeatureStore | None) -> bool:
-    """Whether float32 test features of stage stop-1 fit in --feature-memory-gb next to
-    `store` (the training store, counted when it is held in memory)."""
-    nbytes = len(self.data.x_test) * int(np.prod(self.shapes[stop - 1])) * 4
-    in_memory = 0 if store is None or not store.in_memory else store.nbytes
-    return nbytes <= self.cfg.feature_memory_gb * (1 << 30) - in_memory
-
-  def _cache_test_features(self, stop: int) -> None:
-    """Extends the test-set features to stages [0, stop), or leaves the cache as it is."""
-    if not self._test_cache_fits(stop, self.store):
-      return
-    n_test = len(self.data.x_test)
-    start = self.test_cut
-    bs = min(self.cfg.eval_batch_size, n_test)
-    x = self.data.x_test if start == 0 else self.test_features
-    prefetched, self._test_programs = self._test_programs, None
-    if prefetched is not None and prefetched[0] == (start, stop):
-      t0 = time.perf_counter()
-      extract, head_eval = prefetched[1].result()
-      self.eval_compile_s += time.perf_counter() - t0   # the wait, as for the train step
-    else:
-      extract, head_eval = self._compile_test_programs(start, stop, self.variables)
-      self.eval_compile_s += extract.seconds + head_eval.seconds
-    out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
-    for i in range(0, n_test, bs):
-      n = len(x[i:i + bs])
-      out[i:i + n] = np.asarray(extract.fn(self.variables[start:stop],
-                                           _pad_rows(x[i:i + bs], bs)))[:n]
-    self.test_features, self.test_cut, self.head_eval_fn = out, stop, head_eval
+    return self.evaluator.evaluate(self.variables, cut, self.store)
 
   # -- decisions ---------------------------------------------------------------
 

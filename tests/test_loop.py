@@ -174,17 +174,17 @@ def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
   variables = resnet.summary["drop"]["variables"]
   trainer = loop.Trainer(resnet.model, tiny_data, cfg, "drop", variables, None)
   full = trainer.evaluate()
-  assert trainer.test_cut == 0
+  assert trainer.evaluator.test_cut == 0
   for event in resnet.summary["drop"]["drop_events"]:
     trainer.drop.store_cut = event["cut"]
     ev = trainer.evaluate()
-    assert trainer.test_cut == (event["cut"] if budget_gb else 0)
+    assert trainer.evaluator.test_cut == (event["cut"] if budget_gb else 0)
     assert ev["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=0.2)
     assert ev["test_loss"] == pytest.approx(full["test_loss"], rel=1e-5)
   if budget_gb:
-    shape = stage_output_shapes(resnet.model, tiny_data.image_shape)[trainer.test_cut - 1]
-    assert trainer.test_features.shape == (len(tiny_data.x_test), *shape)
-    assert trainer.test_features.dtype == np.float32
+    shape = stage_output_shapes(resnet.model, tiny_data.image_shape)[trainer.evaluator.test_cut - 1]
+    assert trainer.evaluator.test_features.shape == (len(tiny_data.x_test), *shape)
+    assert trainer.evaluator.test_features.dtype == np.float32
 
 
 def test_eval_every_skips_only_test_metrics(vgg, tiny_data, tmp_path):

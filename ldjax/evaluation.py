@@ -1,0 +1,125 @@
+"""Test-set evaluation of a staged model, with the dropped prefix's outputs cached.
+
+After a drop the dropped stages are frozen, so their outputs on the test set
+are computed once (float32, kept in host memory) and later evaluations run
+only the head on them: the same model, without recomputing the frozen
+prefix every epoch. The cache counts against --feature-memory-gb, after an
+in-memory training store; without room the whole model runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import jax
+import numpy as np
+
+from ldjax import steps
+from ldjax.config import TrainConfig
+from ldjax.data import Dataset, pad_rows
+from ldjax.models import StagedModel
+from ldjax.store import FeatureStore
+
+
+def structs(tree):
+  """The shapes and dtypes of a pytree of arrays (enough to compile for it)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+class Evaluator:
+  """Evaluates `Trainer.variables` on the test set; owns the test-feature cache."""
+
+  def __init__(self, model: StagedModel, data: Dataset, cfg: TrainConfig,
+               shapes: list[tuple], variables: list[dict]):
+    self.model, self.data, self.cfg, self.shapes = model, data, cfg, shapes
+    self.norm = dict(mean=data.mean, std=data.std)
+    self.batch = min(cfg.eval_batch_size, len(data.x_test))
+    bs = self.batch
+    self.eval_fn = steps.compile_fn(
+        steps.eval_step, variables,
+        jax.ShapeDtypeStruct((bs, *data.image_shape), np.uint8),
+        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
+        stages=model.stages, **self.norm)
+    self.compile_s = self.eval_fn.seconds   # all evaluation programs so far
+    # Test-set outputs of stages [0, test_cut) and the head's evaluation from there.
+    self.test_features: np.ndarray | None = None
+    self.test_cut = 0
+    self.head_eval_fn: steps.Compiled | None = None
+    # ((start, stop), future of `_compile`) started by `prefetch`.
+    self._prefetched = None
+
+  def evaluate(self, variables: list[dict], cut: int, store: FeatureStore | None) -> dict:
+    """Test loss and accuracy; stages [0, cut) are frozen and may be cached.
+
+    `store` is the training store, whose bytes count against the cache's
+    budget when it is held in memory.
+    """
+    if cut > self.test_cut and self._fits(cut, store):
+      self._extend_cache(cut, variables)
+    if self.test_cut == 0:
+      return self._batches(self.eval_fn.fn, variables, self.data.x_test)
+    return self._batches(self.head_eval_fn.fn, variables[self.test_cut:], self.test_features)
+
+  def prefetch(self, pool: concurrent.futures.Executor, stop: int, variables: list[dict],
+               store: FeatureStore | None) -> None:
+    """Compiles in `pool` what the first evaluation with `stop` frozen stages will need."""
+    if self._fits(stop, store):
+      key = (self.test_cut, stop)
+      self._prefetched = key, pool.submit(self._compile, *key, structs(variables))
+
+  def _batches(self, fn, variables, x) -> dict:
+    y, bs = self.data.y_test, self.batch
+    outs = []
+    for i in range(0, len(x), bs):
+      n = len(x[i:i + bs])
+      outs.append(fn(variables, pad_rows(x[i:i + bs], bs), pad_rows(y[i:i + bs], bs),
+                     np.arange(bs) < n))
+    outs = jax.device_get(outs)
+    return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
+            "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
+
+  def _fits(self, stop: int, store: FeatureStore | None) -> bool:
+    """Whether float32 test features of stage stop-1 fit in --feature-memory-gb next to
+    `store` (counted when it is held in memory)."""
+    nbytes = len(self.data.x_test) * int(np.prod(self.shapes[stop - 1])) * 4
+    in_memory = 0 if store is None or not store.in_memory else store.nbytes
+    return nbytes <= self.cfg.feature_memory_gb * (1 << 30) - in_memory
+
+  def _compile(self, start: int, stop: int,
+               variables: list) -> tuple[steps.Compiled, steps.Compiled]:
+    """Extraction of stages [start, stop) on test batches (float32) and evaluation of the
+    head from `stop`. `variables` may be shapes only (`structs`): then a background
+    thread can compile while the train step donates the arrays."""
+    bs = self.batch
+    in_shape, in_dtype = ((self.data.image_shape, np.uint8) if start == 0
+                          else (self.shapes[start - 1], np.float32))
+    extract = steps.compile_fn(
+        steps.extract_features, variables[start:stop],
+        jax.ShapeDtypeStruct((bs, *in_shape), in_dtype),
+        stages=self.model.stages[start:stop], out_dtype=np.float32, **self.norm)
+    head_eval = steps.compile_fn(
+        steps.eval_step, variables[stop:],
+        jax.ShapeDtypeStruct((bs, *self.shapes[stop - 1]), np.float32),
+        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
+        stages=self.model.stages[stop:], **self.norm)
+    return extract, head_eval
+
+  def _extend_cache(self, stop: int, variables: list[dict]) -> None:
+    """Extends the test-set features from stages [0, test_cut) to [0, stop)."""
+    start, bs = self.test_cut, self.batch
+    x = self.data.x_test if start == 0 else self.test_features
+    prefetched, self._prefetched = self._prefetched, None
+    if prefetched is not None and prefetched[0] == (start, stop):
+      t0 = time.perf_counter()
+      extract, head_eval = prefetched[1].result()
+      self.compile_s += time.perf_counter() - t0   # the wait, as for the train step
+    else:
+      extract, head_eval = self._compile(start, stop, variables)
+      self.compile_s += extract.seconds + head_eval.seconds
+    n_test = len(x)
+    out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
+    for i in range(0, n_test, bs):
+      n = len(x[i:i + bs])
+      out[i:i + n] = np.asarray(extract.fn(variables[start:stop], pad_rows(x[i:i + bs], bs)))[:n]
+    self.test_features, self.test_cut, self.head_eval_fn = out, stop, head_eval
