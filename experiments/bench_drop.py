@@ -64,9 +64,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ldjax import checkpoint, compare, compile_cache, loop, run, scoring, store  # noqa: E402
-from ldjax.train import fit  # noqa: E402
-from ldjax.workdir import RunDir  # noqa: E402
+from ldjax import run  # noqa: E402
+from ldjax.runs import checkpoint, compile_cache  # noqa: E402
+from ldjax.runs.workdir import RunDir  # noqa: E402
+from ldjax.store import features as store  # noqa: E402
+from ldjax.train import compare, scoring  # noqa: E402
+from ldjax.train import epoch as loop  # noqa: E402
+from ldjax.train.fit import fit  # noqa: E402
 
 # A run long enough for its one-off costs (compilation above all) to weigh as
 # they do in real training, yet under 10 minutes for the whole benchmark here.

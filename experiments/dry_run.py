@@ -9,7 +9,7 @@ For each row of `paper_configs.ROWS` (Tables 1-2):
    classes, so no download is needed);
 3. the model is built at the row's real width (1.0, unless --width says
    otherwise) and input size, and its parameters and forward MACs counted;
-4. a `ldjax.loop.Trainer` is constructed (this compiles the full model's
+4. a `ldjax.train.epoch.Trainer` is constructed (this compiles the full model's
    evaluation step) and one epoch of exactly one step is run through
    `Trainer.run_epoch`, the loop's own code path: the head step is compiled
    for cut 0 and called once on one batch; then the test set is evaluated once.
@@ -46,10 +46,12 @@ import numpy as np  # noqa: E402
 
 import paper_configs  # noqa: E402
 from ldjax import run  # noqa: E402
-from ldjax.data import load_dataset  # noqa: E402
-from ldjax.loop import Trainer, TrainingDiverged  # noqa: E402
+from ldjax.data.datasets import load_dataset  # noqa: E402
+from ldjax.errors import TrainingDiverged  # noqa: E402
 from ldjax.models import build_model, count_params  # noqa: E402
-from ldjax.progress import progress_bar  # noqa: E402
+from ldjax.strategy import Strategy  # noqa: E402
+from ldjax.train.epoch import Trainer  # noqa: E402
+from ldjax.train.progress import progress_bar  # noqa: E402
 
 DEFAULT_BATCH = 2
 
@@ -57,7 +59,7 @@ DEFAULT_BATCH = 2
 def config_for_row(row: dict):
   """The TrainConfig and strategies that `python -m ldjax.run` builds from the row's command."""
   args = run.build_parser().parse_args(paper_configs.ldjax_args(row))
-  return run.config_from_args(args), run.parse_strategies(args.strategy)
+  return run.config_from_args(args), [s.value for s in Strategy.parse_list(args.strategy)]
 
 
 def config_mismatches(cfg, row: dict) -> list[str]:
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
   width = "the paper's width 1.0" if args.width is None else f"width {args.width:g}"
   print(f"Dry run of {len(rows)} paper configuration(s): TFDS mock data (random images of the "
         f"real shape, {args.batch} per split), {width}, ONE train step with batch "
-        f"{args.batch} instead of the paper's 256, through ldjax.loop.Trainer.run_epoch.\n"
+        f"{args.batch} instead of the paper's 256, through ldjax.train.epoch.Trainer.run_epoch.\n"
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs, load "
         f"{os.getloadavg()[0]:.1f}); stages = conv+dense; fwd GMAC per example; "
         "eval cmp = compiling the full model's test step (Trainer construction).", flush=True)

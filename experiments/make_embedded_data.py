@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from ldjax import idx  # pylint: disable=g-import-not-at-top
+from ldjax.data import idx  # pylint: disable=g-import-not-at-top
 
 PER_CLASS = {"train": 600, "test": 100}
 SEED = 0

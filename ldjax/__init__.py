@@ -5,7 +5,7 @@ trains; their outputs are computed once and cached, and only the remaining
 head is trained on them. At test time the whole model is used.
 
 The notebook API:
-  ldjax.scoring          pure score and decision functions (Eqs. 1-4)
+  ldjax.scoring          pure score and decision functions (Eqs. 1-4; ldjax.train.scoring)
   ldjax.build_model      VGG / ResNet as explicit stage lists
   ldjax.StagedModel      build one from your own Flax stage modules
   ldjax.load_dataset     embedded, tfds, idx:DIR, npz:FILE
@@ -13,16 +13,23 @@ The notebook API:
   ldjax.fit              train one strategy: "sgd", "freeze" or "drop"
   ldjax.run_strategies   several strategies side by side, with a comparison table
   ldjax.compile_cache    JAX's persistent compilation cache (the command line's default)
+  ldjax.Strategy         the three strategies, defined once
+
+The package layout, and the import rules it keeps, are in README.md ("Architecture").
 """
 
-from ldjax import compile_cache, scoring
-from ldjax.compare import run_strategies
-from ldjax.config import STRATEGIES, TrainConfig
-from ldjax.data import Dataset, load_dataset
-from ldjax.errors import UsageError
-from ldjax.train import fit
-from ldjax.models import StagedModel, apply_stages, build_model
+from ldjax.data.datasets import Dataset, load_dataset
+from ldjax.errors import Interrupted, TrainingDiverged, UsageError
+from ldjax.models.staged import StagedModel, apply_stages
+from ldjax.models.zoo import build_model
+from ldjax.runs import compile_cache
+from ldjax.runs.config import TrainConfig
+from ldjax.strategy import NAMES as STRATEGIES, Strategy
+from ldjax.train import scoring
+from ldjax.train.compare import run_strategies
+from ldjax.train.fit import fit
 
-__all__ = ["compile_cache", "scoring", "run_strategies", "STRATEGIES", "TrainConfig", "Dataset",
-           "load_dataset", "UsageError", "fit", "StagedModel", "apply_stages", "build_model"]
+__all__ = ["compile_cache", "scoring", "run_strategies", "STRATEGIES", "Strategy", "TrainConfig",
+           "Dataset", "load_dataset", "UsageError", "TrainingDiverged", "Interrupted", "fit",
+           "StagedModel", "apply_stages", "build_model"]
 __version__ = "0.1.0"

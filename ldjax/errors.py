@@ -1,10 +1,20 @@
-"""The one exception type that means "the user asked for something that cannot work".
+"""The exceptions that cross layers: bad input, a diverged run, an interrupted run.
 
 Library code raises `UsageError` with a single line that says what is wrong and
 how to fix it; the command line entry points print that line and exit with
-status 2, without a traceback.
+status 2, without a traceback. `TrainingDiverged` (exit status 1) and
+`Interrupted` (exit status 130) come from the training loop; the command
+line and the store's fill both see them here, with no import cycle.
 """
 
 
 class UsageError(ValueError):
   """Bad input from the user: a one-line, actionable message."""
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or the weights became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+  """`should_stop` asked the run to stop; the last complete epoch is checkpointed."""

@@ -14,7 +14,7 @@ import argparse
 import importlib.util
 import sys
 
-from ldjax.data import KNOWN_TFDS
+from ldjax.data.datasets import KNOWN_TFDS
 from ldjax.errors import UsageError
 
 NEEDS_TF = "ldjax.prepare needs TensorFlow: pip install 'ldjax[prepare]'"
@@ -39,7 +39,7 @@ def prepare(name: str, data_dir: str | None = None) -> str:
   if not _has_tensorflow():
     raise UsageError(NEEDS_TF)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from ldjax import tfds_source  # pylint: disable=g-import-not-at-top
+  from ldjax.data import tfds_source  # pylint: disable=g-import-not-at-top
 
   data_dir = tfds_source.resolve_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)

@@ -6,7 +6,7 @@
 
 Settings start from the dataset's preset (the paper's protocol, Section 4.2,
 or a CPU-sized default for the embedded data); every flag overrides it. A
-thin layer over `ldjax.compare.run_strategies`: bad input is reported in one
+thin layer over `ldjax.train.compare.run_strategies`: bad input is reported in one
 line with exit status 2, before anything is written.
 """
 
@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from ldjax import compare, compile_cache
-from ldjax.config import STRATEGIES, TrainConfig, preset_for
-from ldjax.errors import UsageError
-from ldjax.loop import Interrupted, TrainingDiverged
-from ldjax.models import MODEL_NAMES
-from ldjax.workdir import ensure_writable
+from ldjax.errors import Interrupted, TrainingDiverged, UsageError
+from ldjax.models.zoo import MODEL_NAMES
+from ldjax.runs import compile_cache
+from ldjax.runs.config import TrainConfig, preset_for
+from ldjax.runs.workdir import ensure_writable
+from ldjax.strategy import NAMES as STRATEGIES, Strategy
+from ldjax.train import compare
 
 DEFAULT_STRATEGIES = "sgd,drop"
 
@@ -97,15 +98,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
   return TrainConfig(**settings)
 
 
-def parse_strategies(text: str) -> list[str]:
-  strategies = [s.strip() for s in text.split(",") if s.strip()]
-  if not strategies:
-    raise UsageError("--strategy is empty; give one of sgd, freeze, drop or a comma list")
-  if len(set(strategies)) != len(strategies):
-    raise UsageError(f"--strategy lists a strategy twice: {text!r}")
-  return strategies
-
-
 def default_workdir(cfg: TrainConfig) -> Path:
   tag = cfg.dataset.replace(":", "-").replace("/", "_").strip("_-")[-40:]
   return Path("runs") / f"{tag}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -125,7 +117,7 @@ def check_workdir(path: Path, overwrite: bool, resume: bool) -> None:
 
 def clear_run(path: Path) -> None:
   """Removes what a previous run wrote into `path` (for --overwrite)."""
-  for child in ("sgd", "freeze", "drop", "checkpoints", "features"):
+  for child in (*STRATEGIES, "checkpoints", "features"):
     shutil.rmtree(path / child, ignore_errors=True)
   for name in ("config.json", "metrics.jsonl", "summary.json", "comparison.json",
                "comparison.md", "report.md", "report.json", "aapd.png", "scores.png",
@@ -158,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   created = None
   try:
-    strategies = parse_strategies(args.strategy)
+    strategies = Strategy.parse_list(args.strategy)
     cfg = config_from_args(args)
     cfg.validate()
     cfg.validate_strategies(strategies)

@@ -17,9 +17,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from ldjax.costs import StageCost, stage_costs
+from ldjax.models.costs import StageCost, stage_costs
 from ldjax.errors import UsageError
-from ldjax.models import MODEL_NAMES, build_model
+from ldjax.models.zoo import MODEL_NAMES, build_model
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:

@@ -11,8 +11,8 @@ environment) use a directory of their own instead.
 
 import pytest
 
-from ldjax import compile_cache
-from ldjax.data import load_dataset
+from ldjax.data.datasets import load_dataset
+from ldjax.runs import compile_cache
 
 TRAIN_SIZE, TEST_SIZE = 544, 256
 

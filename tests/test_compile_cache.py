@@ -3,7 +3,8 @@
 import jax
 import pytest
 
-from ldjax import compile_cache, run
+from ldjax import run
+from ldjax.runs import compile_cache
 from ldjax.errors import UsageError
 
 

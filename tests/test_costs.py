@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ldjax.costs import (StageCost, jaxpr_macs, jit_flops, stage_costs, stage_macs, stage_params,
+from ldjax.models.costs import (StageCost, jaxpr_macs, jit_flops, stage_costs, stage_macs, stage_params,
                          training_macs, xla_flops)
 from ldjax.errors import UsageError
-from ldjax.models import (DenseStage, MODEL_NAMES, StagedModel, VGGConvStage, abstract_variables,
-                          build_model, count_params, stage_output_shapes)
+from ldjax.models.layers import DenseStage, VGGConvStage
+from ldjax.models.staged import StagedModel, abstract_variables, count_params, stage_output_shapes
+from ldjax.models.zoo import MODEL_NAMES, build_model
 
 IMAGENET = (224, 224, 3)
 

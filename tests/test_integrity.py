@@ -11,7 +11,7 @@
   little disk) or cannot be written (ENOSPC in `FeatureStore.write`) turns a
   drop into a freeze, with a warning and nothing left on disk.
 - A loss that becomes NaN (out-of-range labels) stops the run with
-  `loop.TrainingDiverged`, keeps the last good checkpoint, and on the command
+  `ldjax.errors.TrainingDiverged`, keeps the last good checkpoint, and on the command
   line exits 1 with one line. NaN features entering a conv stage are not
   caught (a strict xfail documents it).
 - No module of ldjax unpickles anything.
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldjax import store as store_mod
-from ldjax.store import FeatureStore, StoreError, open_store
+from ldjax.store import features as store_mod
+from ldjax.store.features import FeatureStore, StoreError, open_store
 
 try:   # pytest's default (prepend) import mode puts tests/ on sys.path
   import test_resume as ft
@@ -345,7 +345,7 @@ def test_write_error_turns_drop_into_freeze(fallback_runs):
 
 def test_nan_raises_training_diverged(fallback_runs):
   err = fallback_runs["nan"]["error"]
-  assert err is not None and err["type"] == "TrainingDiverged" and err["module"] == "ldjax.loop"
+  assert err is not None and err["type"] == "TrainingDiverged" and err["module"] == "ldjax.errors"
   assert f"loss became nan at epoch {NAN_EPOCH + 1}, step 3;" in err["message"]
   assert "checkpoint is kept" in err["message"]
 

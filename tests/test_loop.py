@@ -25,10 +25,13 @@ import numpy as np
 import pytest
 
 import ldjax
-from ldjax import costs, loop, scoring, steps
-from ldjax.config import TrainConfig
-from ldjax.models import StagedModel, build_model, count_params, stage_output_shapes
-from ldjax.workdir import RunDir
+from ldjax.models import costs
+from ldjax.models.staged import StagedModel, count_params, stage_output_shapes
+from ldjax.models.zoo import build_model
+from ldjax.runs.config import TrainConfig
+from ldjax.runs.workdir import RunDir
+from ldjax.train import epoch as loop
+from ldjax.train import scoring, steps
 
 WIDTH = 0.0625
 EPOCHS = 5
@@ -202,8 +205,8 @@ def test_eval_every_skips_only_test_metrics(vgg, tiny_data, tmp_path):
     if r["test_accuracy"] is not None:
       assert r["test_accuracy"] == ref["test_accuracy"] and r["test_loss"] == ref["test_loss"]
   assert summary["test_accuracy"] == vgg.summary["drop"]["test_accuracy"]
-  from ldjax import report
-  written = report.write_report([report.load_run(run_dir.path)], tmp_path / "report")
+  from ldjax.reporting import report, runs
+  written = report.write_report([runs.load_run(run_dir.path)], tmp_path / "report")
   assert any(p.name == "accuracy_time.png" for p in written)
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ldjax.errors import UsageError
-from ldjax.models import (MODEL_NAMES, StagedModel, VGG_CONFIGS, abstract_variables,
-                          apply_stages, build_model, count_params, stage_output_shapes)
+from ldjax.models.staged import (StagedModel, abstract_variables, apply_stages, count_params,
+                                 stage_output_shapes)
+from ldjax.models.zoo import MODEL_NAMES, VGG_CONFIGS, build_model
 
 SHAPES = [(28, 28, 1), (32, 32, 3), (160, 160, 3)]
 

@@ -23,6 +23,7 @@ sys.path.insert(0, EXPERIMENTS)
 import dry_run  # noqa: E402
 import paper_configs  # noqa: E402
 from ldjax import run  # noqa: E402
+from ldjax.strategy import Strategy  # noqa: E402
 
 # Section 4.2: batch 256 everywhere; lr divided by 10 from the decay epoch on.
 PROTOCOL = {
@@ -54,7 +55,7 @@ def test_command_gives_the_papers_config(row_id):
                   batch_size=256, lr_decay_factor=0.1, data_dir="/data/tfds",
                   train_size=None, test_size=None)
   assert {k: getattr(cfg, k) for k in expected} == expected
-  assert run.parse_strategies(args.strategy) == ["sgd", "freeze", "drop"]
+  assert Strategy.parse_list(args.strategy) == ["sgd", "freeze", "drop"]
   assert args.workdir == "/tmp/w"
   cfg.validate()
   cfg.validate_strategies(["sgd", "freeze", "drop"])

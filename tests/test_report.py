@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldjax import report
+from ldjax.reporting import report
 from ldjax.errors import UsageError
-from ldjax.plots import stage_series
-from ldjax.report import (default_out, load_run, load_runs, main, tables, tables_markdown,
-                          write_report)
+from ldjax.report import main
+from ldjax.reporting.plots import stage_series
+from ldjax.reporting.report import write_report
+from ldjax.reporting.runs import default_out, load_run, load_runs
+from ldjax.reporting.tables import tables, tables_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["s0", "s1", "s2", "s3", "fc"]
@@ -182,7 +184,7 @@ def test_write_report_figures_and_markdown(tmp_path):
   md = (tmp_path / "out" / "report.md").read_text()
   for name in names[2:]:
     assert f"]({name})" in md
-  assert "Network: resnet18  Dataset: mnist" in md  # compare.comparison_markdown, reused
+  assert "Network: resnet18  Dataset: mnist" in md  # comparison_markdown, reused
   assert json.loads((tmp_path / "out" / "report.json").read_text())["table3"][0]["dT_pct"] == 60.0
 
 

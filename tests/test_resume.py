@@ -58,7 +58,7 @@ class KnownBug(Exception):
 #   fit: workdir (null: no run directory), resume, strategy, cfg (TrainConfig
 #        fields); fault injection: kill_at [epoch, step] (SIGKILL from on_step),
 #        kill_in_save k (SIGKILL inside orbax's rename of checkpoint step k),
-#        disk_free (bytes free that shutil.disk_usage reports to ldjax.loop),
+#        disk_free (bytes free that shutil.disk_usage reports to the store keeper),
 #        write_fail_after n (FeatureStore.write raises ENOSPC after n calls),
 #        nan_from [epoch, step] (stored features read from then on hold a NaN),
 #        bad_labels_at [epoch, step] (from then on every label is out of range,
@@ -76,14 +76,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ldjax import compare, loop, run, steps
-from ldjax.checkpoint import KEEP, Checkpointer
-from ldjax.config import TrainConfig
-from ldjax.data import load_dataset
-from ldjax.models import build_model
-from ldjax.store import FeatureStore
-from ldjax.train import fit
-from ldjax.workdir import RunDir
+from ldjax import run
+from ldjax.data.datasets import load_dataset
+from ldjax.models.zoo import build_model
+from ldjax.runs.checkpoint import KEEP, Checkpointer
+from ldjax.runs.config import TrainConfig
+from ldjax.runs.workdir import RunDir
+from ldjax.store.features import FeatureStore
+from ldjax.train import compare, steps
+from ldjax.train import epoch as loop
+from ldjax.train.fit import fit
 from orbax.checkpoint._src.path import async_path
 
 SPEC = json.loads(Path(sys.argv[1]).read_text())
@@ -158,7 +160,7 @@ def apply_patches(job, stack, nan):
     def tiny(path):
       u = usage(path)
       return type(u)(u.total, u.used, free)
-    stack.enter_context(patched(loop.shutil, "disk_usage", tiny))
+    stack.enter_context(patched(shutil, "disk_usage", tiny))
   if job.get("write_fail_after") is not None:
     calls, write = {"n": 0}, FeatureStore.write
 
@@ -706,10 +708,11 @@ def test_second_run_into_a_run_exits_2(capsys, cli_interrupted, tmp_path):
 
 def printed_resume_command(monkeypatch, capsys, workdir) -> tuple[list[str], list[str]]:
   """(argv, the resume command main prints when the run is interrupted)."""
-  from ldjax import compare, loop, run
+  from ldjax import errors, run
+  from ldjax.train import compare
 
   def interrupted(*args, **kwargs):
-    raise loop.Interrupted()
+    raise errors.Interrupted()
   monkeypatch.setattr(compare, "run_strategies", interrupted)
   argv = cli_argv(workdir)
   assert run.main(argv) == 130

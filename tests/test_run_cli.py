@@ -12,7 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from ldjax import compare, run
+from ldjax import run
+from ldjax.train import compare
 
 # Small settings, so that a case that wrongly got past validation still ends fast.
 SMALL = ["--train-size", "256", "--test-size", "128", "--epochs", "2", "--warmup", "1",

@@ -7,8 +7,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ldjax import store as store_mod
-from ldjax.store import FeatureStore, chunk_checksums, load_array, storage_dtype
+from ldjax.store import features as store_mod
+from ldjax.store.features import FeatureStore, chunk_checksums, load_array, storage_dtype
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 N, SHAPE = 37, (3, 2, 5)   # a prime number of rows: the batches below do not divide it

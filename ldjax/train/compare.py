@@ -16,14 +16,17 @@ from pathlib import Path
 
 import jax
 
-from ldjax import compile_cache
-from ldjax.config import TrainConfig
-from ldjax.data import Dataset, load_dataset
-from ldjax.loop import Trainer
-from ldjax.train import fit
-from ldjax.models import StagedModel, build_model
-from ldjax.store import write_json_atomic
-from ldjax.workdir import RunDir
+from ldjax.data.datasets import Dataset, load_dataset
+from ldjax.jsonio import read_json, write_json_atomic
+from ldjax.models.staged import StagedModel
+from ldjax.models.zoo import build_model
+from ldjax.reporting.comparison import comparison, comparison_markdown
+from ldjax.reporting.report import report_comparison
+from ldjax.runs import compile_cache
+from ldjax.runs.config import TrainConfig
+from ldjax.runs.workdir import RunDir
+from ldjax.train.epoch import Trainer
+from ldjax.train.fit import fit
 
 
 def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, StagedModel]:
@@ -59,7 +62,7 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
   for strategy in strategies:
     run_dir = RunDir(workdir / strategy if len(strategies) > 1 else workdir)
     if resume and (run_dir.path / "summary.json").exists():
-      summaries[strategy] = json.loads((run_dir.path / "summary.json").read_text())
+      summaries[strategy] = read_json(run_dir.path / "summary.json")
       log(f"{strategy}: already complete")
       continue
     if not (resume and (run_dir.path / "config.json").exists()):
@@ -76,10 +79,7 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     table = comparison(summaries, network=model.name, dataset=data.name)
     write_json_atomic(workdir / "comparison.json", table)
     (workdir / "comparison.md").write_text(comparison_markdown(table))
-    # Imported here: a module-level import would load ldjax.report with the
-    # package and make `python -m ldjax.report` warn about a double import.
-    from ldjax import report
-    report.report_comparison(workdir)
+    report_comparison(workdir)
   return summaries
 
 
@@ -94,52 +94,3 @@ def warm_cache(model: StagedModel, data: Dataset, cfg: TrainConfig, variables) -
   t0 = time.perf_counter()
   Trainer(model, data, cfg, "sgd", variables, None).compile_first_step()
   return time.perf_counter() - t0
-
-
-def _reduction(base: float | None, value: float | None) -> float | None:
-  return None if not base or value is None else 100.0 * (base - value) / base
-
-
-def comparison(summaries: dict[str, dict], *, network: str, dataset: str) -> dict:
-  """Table 1 form: per strategy T (min), A (%), dT (%) against sgd, MAC reductions."""
-  base = summaries.get("sgd")
-  rows = []
-  for strategy, s in summaries.items():
-    row = {"strategy": strategy, "T_min": s["train_time_s"] / 60.0,
-           "T_cpu_min": s.get("train_cpu_s", float("nan")) / 60.0,
-           "A_pct": s["test_accuracy"], "forward_macs": s["forward_macs_total"],
-           "train_macs": s["train_macs_total"], "drop_events": len(s["drop_events"])}
-    if base is not None and strategy != "sgd":
-      row["dT_pct"] = _reduction(base["train_time_s"], s["train_time_s"])
-      row["dT_cpu_pct"] = _reduction(base.get("train_cpu_s"), s.get("train_cpu_s"))
-      row["dForward_pct"] = _reduction(base["forward_macs_total"], s["forward_macs_total"])
-      row["dTrain_pct"] = _reduction(base["train_macs_total"], s["train_macs_total"])
-      row["dA_points"] = (None if s["test_accuracy"] is None or base["test_accuracy"] is None
-                          else s["test_accuracy"] - base["test_accuracy"])
-    rows.append(row)
-  return {"network": network, "dataset": dataset, "rows": rows}
-
-
-def _fmt(v, spec: str) -> str:
-  return "-" if v is None else format(v, spec)
-
-
-def comparison_markdown(table: dict) -> str:
-  lines = [f"Network: {table['network']}  Dataset: {table['dataset']}", "",
-           "| Strategy | T (min) | A (%) | dT (%) | dA (points) | CPU T (min) | dT CPU (%) "
-           "| forward MACs | dFwd (%) | train MACs | dTrain (%) | drops |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for r in table["rows"]:
-    lines.append(
-        f"| {r['strategy']} | {r['T_min']:.2f} | {_fmt(r['A_pct'], '.2f')} | "
-        f"{_fmt(r.get('dT_pct'), '.2f')} | {_fmt(r.get('dA_points'), '+.2f')} | "
-        f"{r['T_cpu_min']:.2f} | {_fmt(r.get('dT_cpu_pct'), '.2f')} | "
-        f"{r['forward_macs']:.3e} | {_fmt(r.get('dForward_pct'), '.2f')} | "
-        f"{r['train_macs']:.3e} | {_fmt(r.get('dTrain_pct'), '.2f')} | {r['drop_events']} |")
-  lines += ["", "T: training time (train steps, feature extraction and storage, compilation; "
-            "not test evaluation). dT = (T_sgd - T) / T_sgd (Eq. 5). CPU T: the process's CPU "
-            "seconds over the same work, which other jobs on the machine barely disturb. "
-            "MACs: multiply-accumulates "
-            "over the whole run (per example per epoch, times the training set size); training MACs count "
-            "the backward pass of differentiated stages as 2x their forward."]
-  return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ import zipfile
 import jax.numpy as jnp
 import numpy as np
 
-from ldjax import idx
+from ldjax.data import idx
 from ldjax.errors import UsageError
 
 KNOWN_TFDS = ("mnist", "fashion_mnist", "cifar10", "imagenette/160px-v2")
@@ -40,7 +40,7 @@ _TFDS_SQUARE_SIZE = {"imagenette/160px-v2": 160}
 # fast as one-by-one, and 1024 decoded 160px images is only ~80 MB.
 _TFDS_READ_CHUNK = 1024
 
-EMBEDDED_RESOURCE = "data/fashion_mnist_subset.npz"
+EMBEDDED_RESOURCE = "fashion_mnist_subset.npz"
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 _ACCEPTED_SPECS = (
@@ -112,7 +112,7 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
       arrays = _read_npz(str(path))
     num_classes = None
   elif spec in KNOWN_TFDS:
-    from ldjax import tfds_source  # Lazy: importing tfds takes ~0.5 s.
+    from ldjax.data import tfds_source  # Lazy: importing tfds takes ~0.5 s.
     arrays, num_classes = tfds_source.read_tfds(
         spec, data_dir=data_dir, test_split=_TFDS_TEST_SPLIT.get(spec, "test"),
         square_size=_TFDS_SQUARE_SIZE.get(spec), chunk=_TFDS_READ_CHUNK)
@@ -183,29 +183,6 @@ def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0, *,
     return x, y  # Same as the sorted full permutation, without a copy.
   keep = np.sort(np.random.default_rng(seed).permutation(n)[:size])
   return x[keep], y[keep]
-
-
-def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-  """`a` with zero rows appended up to `rows` (a last, incomplete batch)."""
-  if len(a) == rows:
-    return a
-  return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
-
-
-def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The example order of one epoch: an int64 permutation of range(n).
-
-  A pure function of (seed, epoch, n), so a resumed run replays exactly the
-  order an uninterrupted one would have used, with no RNG state to save.
-  """
-  for name, value in (("seed", seed), ("epoch", epoch), ("n", n)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-      raise UsageError(f"{name} must be an integer, got {value!r}")
-    if value < 0:
-      # SeedSequence rejects negative entropy; say so in our own words.
-      raise UsageError(f"{name} must be >= 0, got {value}")
-  rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
-  return rng.permutation(int(n)).astype(np.int64)
 
 
 def normalize(x, mean, std):

@@ -15,11 +15,12 @@ import time
 import jax
 import numpy as np
 
-from ldjax import steps
-from ldjax.config import TrainConfig
-from ldjax.data import Dataset, pad_rows
-from ldjax.models import StagedModel
-from ldjax.store import FeatureStore
+from ldjax.data.batching import pad_rows
+from ldjax.data.datasets import Dataset
+from ldjax.models.staged import StagedModel
+from ldjax.runs.config import TrainConfig
+from ldjax.store.features import FeatureStore
+from ldjax.train import steps
 
 
 def structs(tree):

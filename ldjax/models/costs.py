@@ -36,9 +36,9 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from ldjax.errors import UsageError
-from ldjax.models import StagedModel, count_params
+from ldjax.strategy import NAMES as TRAINING_MODES, Strategy
+from ldjax.models.staged import StagedModel, count_params
 
-TRAINING_MODES = ("sgd", "freeze", "drop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,9 +180,9 @@ def training_macs(macs_per_stage: Sequence[int], cut: int, mode: str) -> int:
   if not 0 <= cut <= len(macs):
     raise UsageError(f"cut must be between 0 and {len(macs)}, got {cut}")
   prefix, suffix = sum(macs[:cut]), sum(macs[cut:])
-  if mode == "sgd":
+  if mode == Strategy.SGD:
     return 3 * (prefix + suffix)
-  if mode == "freeze":
+  if mode == Strategy.FREEZE:
     return prefix + 3 * suffix
   return 3 * suffix
 

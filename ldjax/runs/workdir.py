@@ -9,13 +9,12 @@ reader never sees half a file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 from pathlib import Path
 
 from ldjax.errors import UsageError
-from ldjax.store import write_json_atomic
+from ldjax.jsonio import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
 def git_revision() -> str | None:
@@ -57,30 +56,21 @@ class RunDir:
     self.metrics_path.write_text("")
 
   def append_metrics(self, record: dict) -> None:
-    with open(self.metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
+    append_jsonl(self.metrics_path, record)
 
   def truncate_metrics(self, epochs: int) -> None:
     """Keeps the lines of epochs 1..`epochs` (a resumed run rewrites the rest)."""
-    lines = []
-    if self.metrics_path.exists():
-      lines = [line for line in self.metrics_path.read_text().splitlines()
-               if line.strip() and _complete_epoch(line, epochs)]
-    tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, self.metrics_path)
+    records = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+    write_jsonl_atomic(self.metrics_path, [r for r in records if _epoch_of(r) <= epochs])
 
   def write_summary(self, summary: dict) -> None:
     write_json_atomic(self.path / "summary.json", summary)
 
   def read_metrics(self) -> list[dict]:
-    with open(self.metrics_path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(self.metrics_path)
 
 
-def _complete_epoch(line: str, epochs: int) -> bool:
-  try:
-    return json.loads(line)["epoch"] <= epochs
-  except (ValueError, KeyError, TypeError):   # a line cut short by a kill
-    return False
+def _epoch_of(record) -> float:
+  """The epoch a metrics record is of; infinity for a record that is not one."""
+  epoch = record.get("epoch") if isinstance(record, dict) else None
+  return epoch if isinstance(epoch, int) else float("inf")

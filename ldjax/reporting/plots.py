@@ -24,7 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from ldjax.report import Run, strategy_name, strategy_rank
+from ldjax.strategy import NAMES, display_name, rank
+from ldjax.reporting.runs import Run
 
 # The paper's Fig. 5/6 colours: SGD red, Freezing blue, Dropping green. Curves often
 # coincide (Freezing has SGD's forward pass, and often Dropping's accuracy), so SGD is
@@ -69,7 +70,7 @@ def stage_series(run: Run, key: str = "P") -> dict[str, np.ndarray]:
 
 
 def _title(run: Run, with_strategy: bool = True) -> str:
-  what = f", {strategy_name(run.strategy)}" if with_strategy else ""
+  what = f", {display_name(run.strategy)}" if with_strategy else ""
   return f"{run.network} on {run.dataset} (width {run.width}, seed {run.seed}{what})"
 
 
@@ -168,7 +169,7 @@ def _comparisons(runs: Sequence[Run]) -> list[tuple[str, dict[str, list[Run]]]]:
     seeds = max(len(v) for v in by_s.values())
     title = f"{network} on {dataset}, width {width}" + (f", mean of {seeds} seeds" if seeds > 1
                                                          else "")
-    out.append((title, dict(sorted(by_s.items(), key=lambda kv: strategy_rank(kv[0])))))
+    out.append((title, dict(sorted(by_s.items(), key=lambda kv: rank(kv[0])))))
   return out
 
 
@@ -200,7 +201,7 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
       style = strategy_style(strategy, i)
       colour = matplotlib.colors.to_rgb(style["color"])
       x, acc, acc_std = _mean_over_seeds(srs, lambda m: m["test_accuracy"])
-      ax_a.plot(x, acc, label=strategy_name(strategy), **style)
+      ax_a.plot(x, acc, label=display_name(strategy), **style)
       if len(srs) > 1:
         ax_a.fill_between(x, acc - acc_std, acc + acc_std, color=colour, alpha=0.12, lw=0)
       bottom = None
@@ -214,7 +215,7 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
     ax_a.set_title("test accuracy", fontsize=10)
     ax_a.legend(fontsize=9, title="strategy" + (" (band: ±1 std)" if "mean" in title else ""))
     _integer_epochs(ax_a)
-    handles = [Patch(color=strategy_style(s, i)["color"], label=strategy_name(s))
+    handles = [Patch(color=strategy_style(s, i)["color"], label=display_name(s))
                for i, s in enumerate(by_s)]
     handles += [Patch(facecolor=(0.3, 0.3, 0.3, a), edgecolor="0.3", hatch=h, label=label)
                 for _, label, a, h in TIME_PARTS]
@@ -240,7 +241,7 @@ def params_macs_figure(runs: Sequence[Run], path: Path) -> Path:
       for i, (strategy, srs) in enumerate(by_s.items()):
         x, y, _ = _mean_over_seeds(srs, lambda m: m[key] * scale)
         # Steps: the value holds for the whole epoch, and changes from one to the next.
-        ax.plot(x, y, label=strategy_name(strategy), drawstyle="steps-mid",
+        ax.plot(x, y, label=display_name(strategy), drawstyle="steps-mid",
                 **strategy_style(strategy, i))
       # From zero, so a reduction reads at its true size.
       ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.08)
@@ -257,8 +258,8 @@ def params_macs_figure(runs: Sequence[Run], path: Path) -> Path:
 def _pick(runs: Sequence[Run], prefer: Sequence[str]) -> list[Run]:
   """One run per (network, dataset, width): the first strategy in `prefer`, lowest seed."""
   best: dict[tuple, Run] = {}
-  rank = {s: i for i, s in enumerate(prefer)}
-  for r in sorted(runs, key=lambda r: (rank.get(r.strategy, len(rank)), str(r.seed))):
+  order = {s: i for i, s in enumerate(prefer)}
+  for r in sorted(runs, key=lambda r: (order.get(r.strategy, len(order)), str(r.seed))):
     best.setdefault(r.group, r)
   return list(best.values())
 
@@ -267,7 +268,7 @@ def write_figures(runs: Sequence[Run], out_dir: Path) -> list[tuple[Path, str]]:
   """Draws every figure the runs have data for; (path, caption) of each."""
   out = []
   # SGD scores every stage every epoch, so its AAPD curves run the whole length.
-  p = stage_figure(_pick(runs, ("sgd", "freeze", "drop")), out_dir / "aapd.png", "aapd",
+  p = stage_figure(_pick(runs, NAMES), out_dir / "aapd.png", "aapd",
                    "AAPD, Eq. 1 (log scale)",
                    "Average absolute partial derivative per stage (Fig. 1)", log=True)
   if p:

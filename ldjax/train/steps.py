@@ -27,8 +27,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 import optax
 
-from ldjax import costs, scoring
-from ldjax.models import apply_stages
+from ldjax.models import costs
+from ldjax.models.staged import apply_stages
+from ldjax.train import scoring
 
 PyTree = Any
 

@@ -19,15 +19,15 @@ from collections.abc import Callable
 
 import jax
 
-from ldjax import costs
-from ldjax.checkpoint import Checkpointer, check_compatible
-from ldjax.config import TrainConfig
-from ldjax.data import Dataset
-from ldjax.loop import DropState, Trainer, lr_schedule, param_l2
-from ldjax.models import StagedModel, count_params
-from ldjax.progress import progress_bar
-from ldjax.store import StoreError, open_store
-from ldjax.workdir import RunDir
+from ldjax.data.datasets import Dataset
+from ldjax.models import costs
+from ldjax.models.staged import StagedModel, count_params
+from ldjax.runs.checkpoint import Checkpointer, check_compatible
+from ldjax.runs.config import TrainConfig
+from ldjax.runs.workdir import RunDir
+from ldjax.store.features import StoreError, open_store
+from ldjax.train.epoch import DropState, Trainer, lr_schedule, param_l2
+from ldjax.train.progress import progress_bar
 
 
 # The test metrics of an epoch that --eval-every skips.

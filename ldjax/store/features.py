@@ -24,6 +24,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ldjax.jsonio import write_json_atomic
+
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 CHUNK_BYTES = 64 << 20  # checksum granularity: a damaged chunk is found without reading all
 
@@ -46,15 +48,6 @@ def _disk_view(a: np.ndarray) -> np.ndarray:
 def chunk_checksums(a: np.ndarray) -> list[int]:
   flat = np.ascontiguousarray(_disk_view(a)).reshape(-1).view(np.uint8)
   return [zlib.crc32(flat[i:i + CHUNK_BYTES]) for i in range(0, max(flat.size, 1), CHUNK_BYTES)]
-
-
-def write_json_atomic(path: Path, obj) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 class FeatureStore:

@@ -33,22 +33,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ldjax import costs, scoring, steps
-from ldjax.config import TrainConfig
-from ldjax.data import Dataset, epoch_permutation, pad_rows
-from ldjax.evaluation import Evaluator
-from ldjax.errors import UsageError
-from ldjax.models import StagedModel
-from ldjax.store import FeatureStore, storage_dtype
-from ldjax.workdir import RunDir
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf."""
-
-
-class Interrupted(Exception):
-  """`should_stop` asked the run to stop; the last complete epoch is checkpointed."""
+from ldjax.data.batching import epoch_permutation, pad_rows
+from ldjax.data.datasets import Dataset
+from ldjax.errors import Interrupted, TrainingDiverged, UsageError
+from ldjax.models import costs
+from ldjax.models.staged import StagedModel
+from ldjax.runs.config import TrainConfig
+from ldjax.runs.workdir import RunDir
+from ldjax.store.features import FeatureStore, storage_dtype
+from ldjax.train import scoring, steps
+from ldjax.train.evaluation import Evaluator
 
 
 @dataclasses.dataclass

@@ -1,0 +1,71 @@
+"""The report of a set of runs: report.md, report.json and the paper's figures.
+
+`write_report(runs, out_dir)` writes report.md (the runs, Tables 1/2 and 3,
+the figures, each group's comparison table), report.json (the tables) and
+the figures of `ldjax.reporting.plots`. Runs are grouped by (network,
+dataset, width, seed); over seeds of the same (network, dataset, width) the
+tables give mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from ldjax.strategy import display_name, rank
+from ldjax.errors import UsageError
+from ldjax.reporting import plots
+from ldjax.reporting.comparison import comparison_markdown
+from ldjax.reporting.runs import Run, load_runs
+from ldjax.reporting.tables import md_row, tables, tables_markdown
+
+
+def _rel(path: Path, start: Path) -> str:
+  try:
+    return str(path.resolve().relative_to(start.resolve()))
+  except ValueError:
+    return str(path)
+
+
+def report_markdown(runs: Sequence[Run], t: dict, figures: Sequence[tuple[Path, str]],
+                    out_dir: Path) -> str:
+  lines = ["# Learn & Drop report", "", "| Run | Strategy | Network | Dataset | Width | Seed "
+           "| Epochs | Drops (after epoch: stages) |", "|---|---|---|---|---:|---:|---:|---|"]
+  for r in runs:
+    drops = ", ".join(f"{e['epoch']}: {e['stages_dropped']}"
+                      for e in r.summary.get("drop_events", [])) or "-"
+    status = "" if r.complete else " (incomplete: no summary.json)"
+    lines.append(md_row([f"`{_rel(r.path, out_dir)}`{status}", display_name(r.strategy),
+                       r.network, r.dataset, r.width, r.seed, len(r.metrics), drops]))
+  lines += ["", "## Tables", "", tables_markdown(t)]
+  if figures:
+    lines += ["## Figures", ""]
+    for path, caption in figures:
+      lines += [f"![{path.stem}]({_rel(path, out_dir)})", "", caption, ""]
+  lines += ["## Per group (the comparison table)", ""]
+  for table in t["comparisons"]:
+    lines += [f"#### {table['network']} on {table['dataset']}, width {table['width']}, "
+              f"seed {table['seed']}", "", comparison_markdown(table)]
+  return "\n".join(lines)
+
+
+def write_report(runs: Sequence[Run], out_dir: str | Path) -> list[Path]:
+  """Writes report.md, report.json (the tables) and the figures; returns their paths."""
+  out_dir = Path(out_dir)
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UsageError(f"cannot write the report to {str(out_dir)!r} ({e.strerror or e}); "
+                     "choose another with --out") from None
+  t = tables(runs)
+  figures = plots.write_figures(runs, out_dir)
+  md, js = out_dir / "report.md", out_dir / "report.json"
+  md.write_text(report_markdown(runs, t, figures, out_dir))
+  js.write_text(json.dumps(t, indent=1) + "\n")
+  return [md, js, *(p for p, _ in figures)]
+
+
+def report_comparison(workdir: str | Path) -> list[Path]:
+  """The report of a comparison run, written into its work directory."""
+  return write_report(load_runs([workdir]), workdir)

@@ -1,0 +1,93 @@
+"""TrainConfig.validate refuses every bad numeric setting, in one line naming the flag."""
+
+import math
+
+import pytest
+
+from ldjax import run
+from ldjax.errors import UsageError
+from ldjax.runs.config import TrainConfig
+
+NAN, INF = math.nan, math.inf
+
+FLAGS = {
+    "width": "--width", "epochs": "--epochs", "warmup": "--warmup",
+    "batch_size": "--batch-size", "lr": "--lr", "lr_decay_epoch": "--lr-decay-epoch",
+    "lr_decay_factor": "lr_decay_factor", "momentum": "--momentum", "seed": "--seed",
+    "eval_batch_size": "--eval-batch-size", "eval_every": "--eval-every",
+    "feature_memory_gb": "--feature-memory-gb", "train_size": "--train-size",
+    "test_size": "--test-size",
+}
+
+NON_FINITE = (NAN, INF, -INF)
+BAD = {
+    "width": (*NON_FINITE, 0.0, 0, -0.5, -1, True, "1.0", None),
+    "lr": (*NON_FINITE, 0.0, 0, -0.001, -1, True, None),
+    "lr_decay_factor": (*NON_FINITE, 0.0, -0.1, 1.5, 2, True),
+    "momentum": (*NON_FINITE, -0.5, -1e-9, 1.0, 1, 1.5, True),
+    "feature_memory_gb": (*NON_FINITE, -0.5, -1, True, None),
+    "epochs": (0, -1, 2.0, NAN, INF, True, None),
+    "warmup": (-1, -5, 1.0, NAN, True),
+    "batch_size": (0, -1, 64.0, NAN, False, None),
+    "lr_decay_epoch": (0, -1, 20.0, NAN, INF, True),
+    "seed": (-1, -100, 0.0, 1.5, NAN, True, None),
+    "eval_batch_size": (0, -1, 250.0, NAN, True),
+    "eval_every": (0, -1, 1.0, INF, True),
+    "train_size": (0, -1, 100.0, NAN, True),
+    "test_size": (0, -1, 10.0, INF, True),
+}
+CASES = [(field, value) for field, values in BAD.items() for value in values]
+
+
+def test_every_numeric_field_is_covered():
+  numeric = {f for f, t in TrainConfig.__annotations__.items()
+             if "int" in str(t) or "float" in str(t)}
+  assert numeric == set(BAD) == set(FLAGS)
+
+
+def test_default_config_validates():
+  TrainConfig().validate()
+  TrainConfig().validate(num_train=10_000)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("width", 2), ("lr", 1), ("momentum", 0), ("momentum", 0.0), ("lr_decay_factor", 1.0),
+    ("feature_memory_gb", 0), ("feature_memory_gb", 0.0), ("warmup", 0), ("seed", 0),
+    ("seed", 12345), ("lr_decay_epoch", None), ("lr_decay_epoch", 20),
+    ("train_size", None), ("train_size", 100), ("test_size", 1), ("epochs", 1)])
+def test_valid_values_pass(field, value):
+  TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("field,value", CASES, ids=[f"{f}={v!r}" for f, v in CASES])
+def test_bad_value_is_refused(field, value):
+  with pytest.raises(UsageError) as info:
+    TrainConfig(**{field: value}).validate()
+  message = str(info.value)
+  assert "\n" not in message
+  assert message.startswith(FLAGS[field] + " must be"), message
+  assert "got" in message
+
+
+def test_batch_larger_than_training_set():
+  with pytest.raises(UsageError, match="--batch-size 256 is larger than the training set"):
+    TrainConfig(batch_size=256).validate(num_train=100)
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--lr", "nan"], "--lr"), (["--lr", "inf"], "--lr"), (["--lr=-inf"], "--lr"),
+    (["--width", "nan"], "--width"), (["--feature-memory-gb", "nan"], "--feature-memory-gb"),
+    (["--feature-memory-gb", "inf"], "--feature-memory-gb"), (["--momentum", "-0.5"], "--momentum"), (["--momentum=-0.5"], "--momentum"),
+    (["--momentum", "nan"], "--momentum"), (["--seed", "-1"], "--seed"),
+    (["--train-size", "0"], "--train-size"), (["--test-size", "-3"], "--test-size"),
+    (["--eval-every", "0"], "--eval-every")])
+def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
+  workdir = tmp_path / "wd"
+  code = run.main([*argv, "--workdir", str(workdir), "--no-progress",
+                   "--compilation-cache", "off"])
+  captured = capsys.readouterr()
+  assert code == 2
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  assert lines[0].startswith("error: ") and flag in lines[0], lines[0]
+  assert not workdir.exists()
