@@ -38,6 +38,7 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
   """Settings a checkpoint must share with the run that resumes it."""
   return {"strategy": strategy, "model": model.name, "stage_names": list(model.stage_names),
           "width": cfg.width, "batch_norm": cfg.batch_norm, "dataset": data.name,
+          "data_dir": cfg.data_dir,
           "image_shape": list(data.image_shape), "num_classes": data.num_classes,
           "num_train": len(data.x_train), "num_test": len(data.x_test), "epochs": cfg.epochs,
           "warmup": cfg.warmup, "batch_size": cfg.batch_size, "lr": cfg.lr,
