@@ -70,7 +70,7 @@ def assert_usage_error(capsys, code, *needles):
     (["--epochs", "-1"], ["--epochs"]),
     (["--strategy", "drop", "--epochs", "3", "--warmup", "3"], ["--warmup"]),
     (["--strategy", "sgd,freeze", "--epochs", "2", "--warmup", "5"], ["--warmup"]),
-    (["--train-size", "0"], ["train_size"]),
+    (["--train-size", "0"], ["--train-size"]),
     (["--eval-every", "0"], ["--eval-every"]),
 ])
 def test_bad_input_exits_2(capsys, tmp_path, args, needles):
