@@ -36,9 +36,8 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from ldjax.errors import UsageError
-from ldjax.strategy import NAMES as TRAINING_MODES, Strategy
 from ldjax.models.staged import StagedModel, count_params
-
+from ldjax.strategy import NAMES as TRAINING_MODES, Strategy
 
 
 @dataclasses.dataclass(frozen=True)

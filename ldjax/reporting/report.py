@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ldjax.strategy import display_name, rank
+from ldjax.strategy import display_name
 from ldjax.errors import UsageError
 from ldjax.reporting import plots
 from ldjax.reporting.comparison import comparison_markdown

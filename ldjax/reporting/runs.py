@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldjax.strategy import display_name, rank
+from ldjax.strategy import rank
 from ldjax.errors import UsageError
 from ldjax.jsonio import read_json, read_jsonl
 

@@ -1,15 +1,13 @@
-"""Running several strategies side by side, and the paper's Table 1 comparison.
+"""Running several strategies side by side from the same initial weights.
 
 `run_strategies` loads the data and builds the model once, initialises the
 weights once, and trains each strategy from those same weights with the same
-seed and data order, each into its own run directory. `comparison` turns the
-runs' summaries into the paper's Table 1 form (T, A, dT against SGD) plus the
-reduction of forward and of training MACs, which bound the time saved.
+seed and data order, each into its own run directory; then it writes the
+comparison table (`ldjax.reporting.comparison`) and the report.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path

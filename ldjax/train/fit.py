@@ -1,6 +1,6 @@
 """`fit`: one strategy's run, epoch by epoch, with per-epoch records and checkpoints.
 
-Each epoch: train (`loop.Trainer.run_epoch`), score and decide, evaluate the
+Each epoch: train (`ldjax.train.epoch.Trainer.run_epoch`), score and decide, evaluate the
 full model on the test set (every `cfg.eval_every` epochs and after the
 last; the other epochs' test metrics are None), append a line to `metrics.jsonl`, checkpoint.
 With `resume=True`, a run continues from its last complete checkpoint: the
