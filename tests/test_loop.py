@@ -179,7 +179,7 @@ def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
   full = trainer.evaluate()
   assert trainer.evaluator.test_cut == 0
   for event in resnet.summary["drop"]["drop_events"]:
-    trainer.drop.store_cut = event["cut"]
+    trainer.drop = dataclasses.replace(trainer.drop, store_cut=event["cut"])
     ev = trainer.evaluate()
     assert trainer.evaluator.test_cut == (event["cut"] if budget_gb else 0)
     assert ev["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=0.2)

@@ -17,31 +17,18 @@ import numpy as np
 
 from ldjax.data.batching import pad_rows
 from ldjax.data.datasets import Dataset
-from ldjax.models.staged import StagedModel
 from ldjax.runs.config import TrainConfig
 from ldjax.store.features import FeatureStore
-from ldjax.train import steps
-
-
-def structs(tree):
-  """The shapes and dtypes of a pytree of arrays (enough to compile for it)."""
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+from ldjax.train import programs, steps
 
 
 class Evaluator:
-  """Evaluates `Trainer.variables` on the test set; owns the test-feature cache."""
+  """Evaluates a run's variables on the test set; owns the test-feature cache."""
 
-  def __init__(self, model: StagedModel, data: Dataset, cfg: TrainConfig,
-               shapes: list[tuple], variables: list[dict]):
-    self.model, self.data, self.cfg, self.shapes = model, data, cfg, shapes
-    self.norm = dict(mean=data.mean, std=data.std)
+  def __init__(self, net: programs.Net, data: Dataset, cfg: TrainConfig, variables: list[dict]):
+    self.net, self.data, self.cfg = net, data, cfg
     self.batch = min(cfg.eval_batch_size, len(data.x_test))
-    bs = self.batch
-    self.eval_fn = steps.compile_fn(
-        steps.eval_step, variables,
-        jax.ShapeDtypeStruct((bs, *data.image_shape), np.uint8),
-        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
-        stages=model.stages, **self.norm)
+    self.eval_fn = programs.evaluation(net, variables, 0, self.batch)
     self.compile_s = self.eval_fn.seconds   # all evaluation programs so far
     # Test-set outputs of stages [0, test_cut) and the head's evaluation from there.
     self.test_features: np.ndarray | None = None
@@ -67,7 +54,7 @@ class Evaluator:
     """Compiles in `pool` what the first evaluation with `stop` frozen stages will need."""
     if self._fits(stop, store):
       key = (self.test_cut, stop)
-      self._prefetched = key, pool.submit(self._compile, *key, structs(variables))
+      self._prefetched = key, pool.submit(self._compile, *key, programs.structs(variables))
 
   def _batches(self, fn, variables, x) -> dict:
     y, bs = self.data.y_test, self.batch
@@ -83,28 +70,18 @@ class Evaluator:
   def _fits(self, stop: int, store: FeatureStore | None) -> bool:
     """Whether float32 test features of stage stop-1 fit in --feature-memory-gb next to
     `store` (counted when it is held in memory)."""
-    nbytes = len(self.data.x_test) * int(np.prod(self.shapes[stop - 1])) * 4
+    nbytes = len(self.data.x_test) * int(np.prod(self.net.shapes[stop - 1])) * 4
     in_memory = 0 if store is None or not store.in_memory else store.nbytes
     return nbytes <= self.cfg.feature_memory_gb * (1 << 30) - in_memory
 
   def _compile(self, start: int, stop: int,
                variables: list) -> tuple[steps.Compiled, steps.Compiled]:
     """Extraction of stages [start, stop) on test batches (float32) and evaluation of the
-    head from `stop`. `variables` may be shapes only (`structs`): then a background
-    thread can compile while the train step donates the arrays."""
-    bs = self.batch
-    in_shape, in_dtype = ((self.data.image_shape, np.uint8) if start == 0
-                          else (self.shapes[start - 1], np.float32))
-    extract = steps.compile_fn(
-        steps.extract_features, variables[start:stop],
-        jax.ShapeDtypeStruct((bs, *in_shape), in_dtype),
-        stages=self.model.stages[start:stop], out_dtype=np.float32, **self.norm)
-    head_eval = steps.compile_fn(
-        steps.eval_step, variables[stop:],
-        jax.ShapeDtypeStruct((bs, *self.shapes[stop - 1]), np.float32),
-        jax.ShapeDtypeStruct((bs,), np.int32), jax.ShapeDtypeStruct((bs,), np.bool_),
-        stages=self.model.stages[stop:], **self.norm)
-    return extract, head_eval
+    head from `stop`. `variables` may be shapes only (`programs.structs`): then a
+    background thread can compile while the train step donates the arrays."""
+    extract = programs.extraction(self.net, variables, start, stop, self.batch,
+                                  in_dtype=np.float32, out_dtype=np.float32)
+    return extract, programs.evaluation(self.net, variables, stop, self.batch)
 
   def _extend_cache(self, stop: int, variables: list[dict]) -> None:
     """Extends the test-set features from stages [0, test_cut) to [0, stop)."""
@@ -119,7 +96,7 @@ class Evaluator:
       extract, head_eval = self._compile(start, stop, variables)
       self.compile_s += extract.seconds + head_eval.seconds
     n_test = len(x)
-    out = np.empty((n_test, *self.shapes[stop - 1]), np.float32)
+    out = np.empty((n_test, *self.net.shapes[stop - 1]), np.float32)
     for i in range(0, n_test, bs):
       n = len(x[i:i + bs])
       out[i:i + n] = np.asarray(extract.fn(variables[start:stop], pad_rows(x[i:i + bs], bs)))[:n]

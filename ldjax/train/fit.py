@@ -14,7 +14,6 @@ the same decisions and weights as an uninterrupted one.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 
 import jax
@@ -22,11 +21,11 @@ import jax
 from ldjax.data.datasets import Dataset
 from ldjax.models import costs
 from ldjax.models.staged import StagedModel, count_params
-from ldjax.runs.checkpoint import Checkpointer, check_compatible
+from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
-from ldjax.store.features import StoreError, open_store
-from ldjax.train.epoch import DropState, Trainer, lr_schedule, param_l2
+from ldjax.train.decisions import DropState
+from ldjax.train.epoch import Trainer, lr_schedule, param_l2
 from ldjax.train.progress import progress_bar
 
 
@@ -61,7 +60,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
       it nothing is written and stores stay in memory.
     resume: continue from the last checkpoint in `run_dir`, if any.
     should_stop: polled every step; when it returns True the run raises
-      `loop.Interrupted` (the last complete epoch is checkpointed).
+      `ldjax.errors.Interrupted` (the last complete epoch is checkpointed).
     on_epoch, on_step: callbacks with each epoch's record, and with
       (epoch, step, phase) before each step.
   """
@@ -79,36 +78,15 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
     start, ev = _restore(trainer, ckpt, totals, fp)
   elif run_dir is not None:
     run_dir.start_metrics()
-  total_steps = cfg.epochs * trainer.steps_per_epoch
   try:
-    with progress_bar(total_steps, f"{strategy:>6} {model.name}", enabled=progress) as bar:
+    with progress_bar(cfg.epochs * trainer.steps_per_epoch, f"{strategy:>6} {model.name}",
+                      enabled=progress) as bar:
       bar.update(start * trainer.steps_per_epoch)
       for epoch in range(start, cfg.epochs):
-        cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
-        out = trainer.run_epoch(epoch, bar, should_stop, on_step)
-        record = trainer.score_and_decide(out.pop("scores"), epoch)
-        t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
-        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1
-        if evaluated:
-          ev = trainer.evaluate()
-        times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
-        cpu_s = out.pop("cpu_s")
-        rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev if evaluated else NO_EVAL,
-                            times) | record
-        rec["cpu_s"] = cpu_s
-        totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
-        totals["train_cpu_s"] += cpu_s
-        totals["compile_time_s"] += times["compile_s"] + trainer.eval_compile_s - eval_compiled
-        totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
-        totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
-        if run_dir is not None:
-          run_dir.append_metrics(rec)
-          ckpt.save(epoch + 1, {"variables": trainer.variables, "opt_states": trainer.opt_states},
-                    _meta(trainer, epoch + 1, totals, ev, fp))
-        if trainer.retired_stores:   # kept until a checkpoint that does not need them is on disk
-          if ckpt is not None:
-            ckpt.wait()
-          trainer.delete_retired_store()
+        if ckpt is not None:   # the store's free-space check counts the checkpoints to come
+          trainer.keeper.disk_reserve_bytes = _checkpoint_bytes_to_come(trainer, epoch)
+        rec, ev = _train_epoch(trainer, epoch, bar, ev, totals, should_stop, on_step)
+        _save(trainer, ckpt, rec, _meta(trainer, epoch + 1, totals, ev, fp))
         if on_epoch is not None:
           on_epoch(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", cut=trainer.drop.cut,
@@ -116,30 +94,81 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   finally:   # a save in flight is committed even when the run stops
     if ckpt is not None:
       ckpt.close()
-  summary = {"strategy": strategy, "model": model.name, "dataset": data.name,
-             "epochs": cfg.epochs, "test_accuracy": ev["test_accuracy"],
-             "test_loss": ev["test_loss"], **totals,
-             "drop_events": trainer.drop.events, "final_cut": trainer.drop.cut,
+  return _finish(trainer, run_dir, ev, totals)
+
+
+def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: dict,
+                 should_stop, on_step) -> tuple[dict, dict | None]:
+  """Trains, decides and (when due) evaluates one epoch; adds to `totals`.
+
+  Returns the epoch's metrics.jsonl record and the latest evaluation.
+  """
+  cfg = trainer.cfg
+  cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
+  out = trainer.run_epoch(epoch, bar, should_stop, on_step)
+  decided = trainer.score_and_decide(out.pop("scores"), epoch)
+  t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
+  evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1
+  if evaluated:
+    ev = trainer.evaluate()
+  times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
+  cpu_s = out.pop("cpu_s")
+  rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev if evaluated else NO_EVAL,
+                      times) | decided
+  rec["cpu_s"] = cpu_s
+  totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
+  totals["train_cpu_s"] += cpu_s
+  totals["compile_time_s"] += times["compile_s"] + trainer.eval_compile_s - eval_compiled
+  totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
+  totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
+  return rec, ev
+
+
+def _save(trainer: Trainer, ckpt: Checkpointer | None, rec: dict, meta: dict) -> None:
+  """Appends the epoch's record and starts its checkpoint; then deletes retired stores,
+  kept until a checkpoint that no longer needs them is on disk."""
+  if ckpt is not None:
+    trainer.run_dir.append_metrics(rec)
+    ckpt.save(meta["epoch"], {"variables": trainer.variables, "opt_states": trainer.opt_states},
+              meta)
+  if trainer.keeper.retired:
+    if ckpt is not None:
+      ckpt.wait()
+    trainer.keeper.delete_retired()
+
+
+def _checkpoint_bytes_to_come(trainer: Trainer, epoch: int) -> int:
+  """Disk the checkpoints still to be written may take beyond those already there.
+
+  A checkpoint holds the variables and optimizer states; orbax keeps `KEEP`
+  and writes the next one before deleting the oldest.
+  """
+  nbytes = sum(int(x.nbytes) for x in jax.tree.leaves((trainer.variables, trainer.opt_states)))
+  return (KEEP + 1 - min(epoch, KEEP)) * nbytes
+
+
+def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict) -> dict:
+  """The run's summary (written to summary.json); frees the store."""
+  summary = {"strategy": trainer.strategy.value, "model": trainer.model.name,
+             "dataset": trainer.data.name, "epochs": trainer.cfg.epochs,
+             "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"], **totals,
+             "drop_events": list(trainer.drop.events), "final_cut": trainer.drop.cut,
              "final_store_cut": trainer.drop.store_cut,
-             "store_fallbacks": trainer.store_fallbacks,
+             "store_fallbacks": trainer.keeper.fallbacks,
              "param_l2": param_l2(trainer.variables)}
   if run_dir is not None:
     run_dir.write_summary(summary)
-  if trainer.store is not None:   # a cache: the run is complete, free the disk
-    trainer.store.delete()
+  trainer.keeper.delete()   # a cache: the run is complete, free the disk
   summary["variables"] = trainer.variables
   return summary
 
 
 def _meta(trainer: Trainer, epochs_done: int, totals: dict, ev: dict, fp: dict) -> dict:
-  d = trainer.drop
+  store = trainer.keeper.current
   return {"epoch": epochs_done, "fingerprint": fp, "totals": totals, "eval": ev,
-          "drop": {"cut": d.cut, "store_cut": d.store_cut,
-                   "dropped_std_scores": d.dropped_std_scores, "events": d.events,
-                   "pending": None if d.pending is None else list(d.pending)},
-          "store_fallbacks": trainer.store_fallbacks,
-          "store_manifest": None if trainer.store is None or trainer.store.path is None
-          else str(trainer.store.manifest_path)}
+          "drop": trainer.drop.to_json(), "store_fallbacks": trainer.keeper.fallbacks,
+          "store_manifest": None if store is None or store.path is None
+          else str(store.manifest_path)}
 
 
 def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
@@ -148,35 +177,15 @@ def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
   check_compatible(meta["fingerprint"], fp)
   state = ckpt.restore({"variables": trainer.variables, "opt_states": trainer.opt_states})
   trainer.variables, trainer.opt_states = list(state["variables"]), list(state["opt_states"])
-  d = meta["drop"]
-  trainer.drop = DropState(d["cut"], d["store_cut"], list(d["dropped_std_scores"]),
-                           list(d["events"]), None if d["pending"] is None else tuple(d["pending"]))
-  trainer.store_fallbacks = list(meta.get("store_fallbacks", []))
+  trainer.drop = DropState.from_json(meta["drop"])
+  trainer.keeper.fallbacks = list(meta.get("store_fallbacks", []))
   totals.update(meta["totals"])
   epoch = int(meta["epoch"])
   trainer.run_dir.truncate_metrics(epoch)
-  trainer.clean_features_dir()
+  trainer.keeper.clean_directory(trainer.drop.store_cut)
   if trainer.drop.store_cut > 0:
-    _reopen_store(trainer, on_disk=meta.get("store_manifest") is not None)
+    trainer.reopen_store(on_disk=meta.get("store_manifest") is not None)
   return epoch, meta["eval"]
-
-
-def _reopen_store(trainer: Trainer, on_disk: bool) -> None:
-  stop = trainer.drop.store_cut
-  shape = (trainer.n_train, *trainer.shapes[stop - 1])
-  try:
-    if trainer.features_dir is None:
-      raise StoreError("there is no work directory")
-    # Tried even when the checkpoint's store was in memory: a later process
-    # may have rebuilt it on disk before being killed.
-    trainer.store = open_store(trainer.features_dir, (0, stop), shape, trainer.cfg.feature_dtype)
-  except StoreError as e:
-    if not on_disk:
-      e = StoreError("missing: it was held in memory, which ends with the process")
-    warnings.warn(f"feature store of stages 0-{stop - 1} cannot be used ({e}); rebuilding it "
-                  "from the dropped stages' weights", stacklevel=3)
-    seconds = trainer.rebuild_store(stop)
-    warnings.warn(f"rebuilt the feature store in {seconds:.1f} s", stacklevel=3)
 
 
 def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: dict,
@@ -195,7 +204,7 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
   forward = sum(macs[forward_from:]) + extra
   train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
   return {
-      "epoch": epoch + 1, "strategy": trainer.strategy,
+      "epoch": epoch + 1, "strategy": trainer.strategy.value,
       "lr": float(lr_schedule(trainer.cfg, trainer.steps_per_epoch)(
           epoch * trainer.steps_per_epoch)),
       "loss": out["loss"], "train_accuracy": out["train_accuracy"],

@@ -1,0 +1,181 @@
+"""The life cycle of a run's feature stores: create, fill, replace, retire, reopen, rebuild.
+
+A `StoreKeeper` holds the store the head reads (`current`), the stores it
+replaced (kept until a checkpoint that no longer needs them is on disk) and
+the record of drops whose store could not be written (`fallbacks`: those
+stages stayed in the forward pass, frozen). The extraction arrives as a
+callable, so this module knows nothing of models or training.
+
+A store is held in memory when it fits `memory_budget_bytes`, otherwise in a
+memory-mapped file under `directory` whose space is reserved before the
+first write; without room either way the keeper warns, records a fallback
+and returns None instead of a store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ldjax.data.batching import pad_rows
+from ldjax.errors import UsageError
+from ldjax.store.features import FeatureStore, StoreError, open_store, storage_dtype
+
+# (batch index, rows extracted before it) -> None; may raise to stop the extraction.
+OnBatch = Callable[[int, int], None]
+# A padded batch of the source -> the new stages' output for it.
+Extract = Callable[[np.ndarray], object]
+
+
+class StoreKeeper:
+  """The feature stores of one run of `num_examples` training examples."""
+
+  def __init__(self, num_examples: int, stage_shapes: Sequence[tuple], dtype: str, *,
+               memory_budget_bytes: int, directory: Path | None):
+    self.num_examples = num_examples
+    self.stage_shapes = list(stage_shapes)   # output shape of each stage (no batch)
+    self.dtype_name, self.dtype = dtype, storage_dtype(dtype)
+    self.memory_budget_bytes = memory_budget_bytes
+    self.directory = directory
+    self.current: FeatureStore | None = None
+    self.retired: list[FeatureStore] = []
+    self.fallbacks: list[dict] = []     # {"stage_stop", "reason"} per store not written
+    self.disk_reserve_bytes = 0         # other writes to come on the same disk (checkpoints)
+
+  def nbytes(self, stop: int) -> int:
+    """Bytes of a store of stages [0, stop)."""
+    return self.num_examples * int(np.prod(self.stage_shapes[stop - 1])) * self.dtype.itemsize
+
+  def new(self, stop: int) -> FeatureStore | None:
+    """An empty store for stages [0, stop), or None (with a warning) if it cannot fit."""
+    nbytes = self.nbytes(stop)
+    if nbytes > self.memory_budget_bytes:
+      if self.directory is None:
+        return self._cannot_store(stop, f"{nbytes / 1e9:.2f} GB exceed --feature-memory-gb "
+                                  "and there is no work directory to spill to")
+      try:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.directory).free
+      except OSError as e:
+        return self._cannot_store(stop, str(e) or type(e).__name__)
+      needed = nbytes * 1.05 + self.disk_reserve_bytes
+      if needed > free:
+        return self._cannot_store(
+            stop, f"{nbytes / 1e9:.2f} GB needed (plus {self.disk_reserve_bytes / 1e9:.2f} GB "
+            f"for checkpoints), {free / 1e9:.2f} GB free on disk")
+    try:
+      return FeatureStore(self.num_examples, self.stage_shapes[stop - 1], self.dtype_name,
+                          (0, stop), directory=self.directory,
+                          memory_budget_bytes=self.memory_budget_bytes)
+    except (OSError, MemoryError) as e:
+      return self._cannot_store(stop, str(e) or type(e).__name__)
+
+  def _cannot_store(self, stop: int, why: str) -> None:
+    warnings.warn(f"cannot store the features of stages 0-{stop - 1} ({why}); "
+                  "those stages stay in the forward pass, frozen", stacklevel=3)
+    self.fallbacks.append({"stage_stop": stop, "reason": why})
+    return None
+
+  def fill(self, store: FeatureStore, extract: Extract,
+           read: Callable[[np.ndarray], np.ndarray], batch_size: int,
+           on_batch: OnBatch | None = None) -> FeatureStore | None:
+    """Runs `extract` over every example, in order, into `store`.
+
+    `read(indices)` gives the extraction's input rows (images, or the
+    previous store). Each batch is written while the next one runs. Returns
+    the finalized store, or None (with a warning) when a write failed.
+    """
+    queued = None
+    for i, start in enumerate(range(0, self.num_examples, batch_size)):
+      if on_batch is not None:
+        on_batch(i, start)
+      idx = np.arange(start, min(start + batch_size, self.num_examples))
+      x = extract(pad_rows(read(idx), batch_size))
+      if queued is not None and (store := self.write(store, *queued)) is None:
+        return None
+      queued = (idx, x)
+    if (store := self.write(store, *queued)) is None:
+      return None
+    try:
+      store.finalize()
+      return store
+    except OSError as e:
+      store.delete()
+      return self._cannot_store(store.stage_range[1], f"finalize failed: {e}")
+
+  def write(self, store: FeatureStore, idx: np.ndarray, x) -> FeatureStore | None:
+    """Writes one batch (its first len(idx) rows); on an I/O error, abandons the store."""
+    try:
+      store.write(idx, np.asarray(x)[:len(idx)])
+      return store
+    except OSError as e:
+      store.delete()
+      return self._cannot_store(store.stage_range[1], f"write failed: {e}")
+
+  def replace(self, store: FeatureStore) -> None:
+    """Makes `store` current. The old one is retired, not deleted: until the next
+    checkpoint is on disk a resume may still need it."""
+    if self.current is not None:
+      self.retired.append(self.current)
+    self.current = store
+
+  def delete_retired(self) -> None:
+    for store in self.retired:
+      store.delete()
+    self.retired = []
+
+  def delete(self) -> None:
+    """Frees the current store (a cache: once the run is complete it has no use)."""
+    if self.current is not None:
+      self.current.delete()
+      self.current = None
+
+  def clean_directory(self, store_cut: int) -> None:
+    """Removes store files a killed run left behind (temporaries, superseded stores)."""
+    if self.directory is None or not self.directory.exists():
+      return
+    keep = f"features_0-{store_cut}"
+    for p in self.directory.iterdir():
+      if not p.name.startswith(keep + ".") or ".tmp" in p.name:
+        p.unlink()
+
+  def rebuild(self, stop: int, extract: Extract, images: np.ndarray, batch_size: int,
+              on_batch: OnBatch | None = None) -> float:
+    """Recomputes the store of stages [0, stop) from `images`; returns seconds.
+
+    Raises UsageError when it cannot be written.
+    """
+    t0 = time.perf_counter()
+    store = self.new(stop)
+    if store is not None:
+      store = self.fill(store, extract, images.__getitem__, batch_size, on_batch)
+    if store is None:
+      raise UsageError(f"the feature store of stages 0-{stop - 1} cannot be written; "
+                       "raise --feature-memory-gb or free disk space")
+    self.replace(store)
+    return time.perf_counter() - t0
+
+  def reopen(self, stop: int, on_disk: bool, rebuild: Callable[[], float]) -> None:
+    """Opens the store of stages [0, stop) a checkpoint refers to after verifying it, or
+    calls `rebuild` (see `rebuild`) when it is missing or damaged.
+
+    Tried even when the checkpoint's store was in memory: a later process may
+    have rebuilt it on disk before being killed.
+    """
+    shape = (self.num_examples, *self.stage_shapes[stop - 1])
+    try:
+      if self.directory is None:
+        raise StoreError("there is no work directory")
+      self.current = open_store(self.directory, (0, stop), shape, self.dtype_name)
+    except StoreError as e:
+      if not on_disk:
+        e = StoreError("missing: it was held in memory, which ends with the process")
+      warnings.warn(f"feature store of stages 0-{stop - 1} cannot be used ({e}); rebuilding "
+                    "it from the dropped stages' weights", stacklevel=3)
+      seconds = rebuild()
+      warnings.warn(f"rebuilt the feature store in {seconds:.1f} s", stacklevel=3)

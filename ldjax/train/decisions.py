@@ -1,0 +1,82 @@
+"""The drop state of a run and the end-of-epoch decision (Algorithm 1, lines 9-15).
+
+`DropState` is an immutable value: where the model is cut, the standardized
+scores the dropped stages had when they were dropped, the drop events, and
+an extraction due in the next epoch (Drop only). It saves itself to and
+restores itself from JSON (the checkpoint's "drop" item).
+
+`score_and_decide` is a pure function of one epoch's summed gradients and
+the drop state: it returns the epoch's score record and the next state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from ldjax.strategy import Strategy
+from ldjax.train import scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class DropState:
+  """Where the model is cut, and what the decisions so far have been."""
+  cut: int = 0          # stages [0, cut) do not train
+  store_cut: int = 0    # stages [0, store_cut) are read from the feature store
+  dropped_std_scores: tuple[float, ...] = ()
+  events: tuple[dict, ...] = ()
+  pending: tuple[int, int] | None = None   # (start, stop) to extract in the next epoch
+
+  def stored(self) -> "DropState":
+    """After the pending extraction's store was written: the head reads it."""
+    return dataclasses.replace(self, store_cut=self.pending[1], pending=None)
+
+  def not_stored(self) -> "DropState":
+    """After the pending store could not be written: its stages stay frozen."""
+    return dataclasses.replace(self, pending=None)
+
+  def to_json(self) -> dict:
+    return {"cut": self.cut, "store_cut": self.store_cut,
+            "dropped_std_scores": list(self.dropped_std_scores),
+            "events": [dict(e) for e in self.events],
+            "pending": None if self.pending is None else list(self.pending)}
+
+  @classmethod
+  def from_json(cls, d: dict) -> "DropState":
+    return cls(int(d["cut"]), int(d["store_cut"]),
+               tuple(float(s) for s in d["dropped_std_scores"]),
+               tuple(dict(e) for e in d["events"]),
+               None if d["pending"] is None else (int(d["pending"][0]), int(d["pending"][1])))
+
+
+def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
+                     strategy: Strategy, epoch: int, warmup: int, epochs: int,
+                     stage_names: Sequence[str]) -> tuple[dict, DropState]:
+  """Scores the head's conv stages and, for Freeze and Drop after the warm-up, decides.
+
+  `sums` and `abs_sums` are the epoch's running sums (S and A of Eq. 2) of
+  the head's conv stages [state.cut, n_conv), named `stage_names`; `epoch` is
+  0-based. Returns ({"scores": ..., "decision": ...}, the next state).
+  """
+  p = scoring.layer_scores(sums, abs_sums)
+  record = {"stages": list(stage_names), "P": p.tolist(),
+            "P_std": scoring.standardize(p).tolist(), "aapd": scoring.aapd(abs_sums).tolist()}
+  # Algorithm 1 scores and decides in the epochs that train on `Data`, not in
+  # the save_features epoch that follows a drop; Freeze mirrors that.
+  after_drop = bool(state.events) and state.events[-1]["epoch"] == epoch
+  if not (Strategy(strategy).decides and epoch >= warmup and not after_drop
+          and epoch < epochs - 1 and len(p) > 1):
+    return {"scores": record, "decision": None}, state
+  dec = scoring.decide(p, state.dropped_std_scores)
+  decision = {"n_star": dec.n_star, "Mc": dec.median_candidates,
+              "Md": dec.median_dropped, "drop": dec.drop}
+  if dec.drop:
+    new_cut = state.cut + dec.n_star
+    decision["new_cut"] = new_cut
+    state = dataclasses.replace(
+        state, cut=new_cut,
+        dropped_std_scores=state.dropped_std_scores + tuple(dec.std_scores[:dec.n_star].tolist()),
+        events=state.events + ({"epoch": epoch + 1, "stages_dropped": dec.n_star,
+                                "cut": new_cut},),
+        pending=(state.store_cut, new_cut) if Strategy(strategy).caches else state.pending)
+  return {"scores": record, "decision": decision}, state

@@ -1,0 +1,79 @@
+"""The compiled programs of a run, as values built by functions of what they need.
+
+A `Net` is the static part every program shares: the stages, their output
+shapes and the input normalisation. Each function compiles one program for a
+slice of the stages, ahead of time, from shapes only (`structs`), so it can
+run in a background thread while the train step donates the arrays:
+- `train_step`: the scored step of the head [cut, L) with frozen stages
+  [store_cut, cut) in front, reading images (store_cut 0) or stored features;
+- `extraction`: stages [start, stop) in inference mode, for feature stores;
+- `evaluation`: summed test loss and correct count of stages [start, L).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from ldjax.train import scoring, steps
+
+
+def structs(tree):
+  """The shapes and dtypes of a pytree of arrays (enough to compile for it)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+  """What every program of a staged model needs besides variables."""
+  stages: tuple[nn.Module, ...]
+  image_shape: tuple[int, ...]
+  shapes: tuple[tuple[int, ...], ...]   # output shape of each stage, without the batch
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @property
+  def norm(self) -> dict:
+    return dict(mean=self.mean, std=self.std)
+
+  def input_struct(self, start: int, batch: int, dtype) -> jax.ShapeDtypeStruct:
+    """A batch entering stage `start`: uint8 images at 0, else features of `dtype`."""
+    if start == 0:
+      return jax.ShapeDtypeStruct((batch, *self.image_shape), np.uint8)
+    return jax.ShapeDtypeStruct((batch, *self.shapes[start - 1]), dtype)
+
+
+def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[dict],
+               opt_states: Sequence, store_cut: int, cut: int, batch: int,
+               feature_dtype) -> steps.Compiled:
+  """`steps.scored_train_step` of the head [cut, L), its state and scores donated."""
+  params, stats = steps.split_variables(variables[cut:])
+  state = structs(steps.TrainState(params, stats, list(opt_states[cut:])))
+  return steps.compile_fn(
+      steps.scored_train_step, state, structs(scoring.init(params)),
+      structs(list(variables[store_cut:cut])), net.input_struct(store_cut, batch, feature_dtype),
+      jax.ShapeDtypeStruct((batch,), np.int32), structs(jax.random.key(0)), np.int32(0),
+      donate_argnums=(0, 1), head_stages=net.stages[cut:],
+      frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut, **net.norm)
+
+
+def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch: int, *,
+               in_dtype, out_dtype) -> steps.Compiled:
+  """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0)."""
+  return steps.compile_fn(
+      steps.extract_features, structs(list(variables[start:stop])),
+      net.input_struct(start, batch, in_dtype), stages=net.stages[start:stop],
+      out_dtype=out_dtype, **net.norm)
+
+
+def evaluation(net: Net, variables: Sequence[dict], start: int, batch: int) -> steps.Compiled:
+  """`steps.eval_step` of stages [start, L) on images (0) or float32 features."""
+  return steps.compile_fn(
+      steps.eval_step, structs(list(variables[start:])),
+      net.input_struct(start, batch, np.float32), jax.ShapeDtypeStruct((batch,), np.int32),
+      jax.ShapeDtypeStruct((batch,), np.bool_), stages=net.stages[start:], **net.norm)
