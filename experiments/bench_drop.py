@@ -68,6 +68,7 @@ from ldjax import run  # noqa: E402
 from ldjax.runs import checkpoint, compile_cache  # noqa: E402
 from ldjax.runs.workdir import RunDir  # noqa: E402
 from ldjax.store import features as store  # noqa: E402
+from ldjax.store import keeper  # noqa: E402
 from ldjax.train import compare, scoring  # noqa: E402
 from ldjax.train import epoch as loop  # noqa: E402
 from ldjax.train.fit import fit  # noqa: E402
@@ -155,9 +156,9 @@ TIMED = {
     "checkpointer open/close": (checkpoint.Checkpointer, "__init__"),
     "checkpointer close": (checkpoint.Checkpointer, "close"),
     "metrics/summary files": (RunDir, "append_metrics"),
-    "retired store deletion": (loop.Trainer, "delete_retired_store"),
+    "retired store deletion": (keeper.StoreKeeper, "delete_retired"),
     # Inside run_epoch's extract_store_s, so not categories of their own.
-    "store writes": (loop.Trainer, "_store_write"),
+    "store writes": (keeper.StoreKeeper, "write"),
     "store finalize": (store.FeatureStore, "finalize"),
 }
 NESTED = ("store writes", "store finalize")
@@ -213,10 +214,10 @@ class HeadTimer:
   copy of the state and an input batch on the device; `time` runs it bare."""
 
   def __init__(self, trainer: loop.Trainer, store_cut: int, cut: int):
-    self.compiled = trainer._compile_step(store_cut, cut)   # pylint: disable=protected-access
+    self.compiled = trainer.compile_step(store_cut, cut)
     bs = trainer.cfg.batch_size
     # Copies: the step donates its state, and the trainer's variables are reused.
-    state = jax.tree.map(jnp.copy, trainer._head_state(cut))   # pylint: disable=protected-access
+    state = jax.tree.map(jnp.copy, trainer.head_state(cut))
     self.carry = (state, scoring.init(state.params))
     self.frozen = trainer.variables[store_cut:cut]
     self.x = _device_input(trainer, store_cut, bs, np.random.default_rng(0))
@@ -260,7 +261,7 @@ class EpochTimings:
 def time_evaluation(trainer: loop.Trainer, store_cut: int, repeats: int) -> float:
   """Median seconds of `Trainer.evaluate` as a drop run does it with `store_cut` dropped
   stages (after a first call that caches their test-set outputs and compiles)."""
-  trainer.drop.store_cut = store_cut
+  trainer.drop = dataclasses.replace(trainer.drop, store_cut=store_cut)
   trainer.evaluate()
   times = []
   for _ in range(repeats):
@@ -271,7 +272,7 @@ def time_evaluation(trainer: loop.Trainer, store_cut: int, repeats: int) -> floa
 
 
 def time_extract(trainer: loop.Trainer, start: int, stop: int, steps: int, repeats: int) -> dict:
-  compiled = trainer._compile_extract(start, stop)   # pylint: disable=protected-access
+  compiled = trainer.compile_extract(start, stop)
   bs = trainer.cfg.batch_size
   x = _device_input(trainer, start, bs, np.random.default_rng(1))
   tail = trainer.variables[start:stop]
