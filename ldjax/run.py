@@ -24,7 +24,7 @@ from pathlib import Path
 from ldjax.errors import Interrupted, TrainingDiverged, UsageError
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import compile_cache
-from ldjax.runs.config import TrainConfig, preset_for
+from ldjax.runs.config import OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, preset_for
 from ldjax.runs.workdir import ensure_writable
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
 from ldjax.train import compare
@@ -56,8 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
   a("--batch-size", type=int, default=None, help="training batch size (preset: 256)")
   a("--lr", type=float, default=None, help="learning rate (preset if unset)")
   a("--lr-decay-epoch", type=int, default=None,
-    help="divide the learning rate by 10 from this epoch on (preset if unset)")
-  a("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    help="with --schedule step: divide the learning rate by 10 from this epoch on "
+         "(preset if unset)")
+  a("--momentum", type=float, default=None,
+    help="momentum of sgd and nesterov (default 0.9; adamw uses betas 0.9/0.999)")
+  a("--recipe", default="paper",
+    help=f"training recipe under the flags: {', '.join(RECIPES)}. paper: the paper's protocol "
+         "(the dataset's preset); strong: nesterov, lr 0.05, weight decay 5e-4, cosine schedule "
+         "after a 1-epoch lr warm-up, label smoothing 0.1 (default: paper)")
+  a("--optimizer", default=None,
+    help=f"one of {', '.join(OPTIMIZERS)} (default: sgd, the paper's)")
+  a("--weight-decay", type=float, default=None,
+    help="weight decay of conv and dense kernels (not biases or BatchNorm); coupled (L2 "
+         "in the gradient) for sgd/nesterov, decoupled for adamw (default 0)")
+  a("--schedule", default=None,
+    help=f"learning-rate schedule by global step: {', '.join(SCHEDULES)} (default: step if "
+         "--lr-decay-epoch is set, else constant)")
+  a("--warmup-lr-epochs", type=int, default=None, metavar="E",
+    help="linear learning-rate warm-up over the first E epochs (onecycle: its rise); not "
+         "the Learn & Drop --warmup (default 0)")
+  a("--label-smoothing", type=float, default=None,
+    help="label smoothing of the training loss, in [0, 1) (default 0)")
   a("--seed", type=int, default=0, help="seed of the initial weights, data order and dropout (default: 0)")
   a("--feature-dtype", choices=("float32", "bfloat16"), default=None,
     help="dtype of the cached feature maps (float32; bfloat16 halves their bytes)")
@@ -85,14 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-  settings = dict(preset_for(args.dataset), dataset=args.dataset)
+  if args.recipe not in RECIPES:
+    raise UsageError(f"unknown --recipe {args.recipe!r}; choose from {', '.join(RECIPES)}")
+  settings = dict(preset_for(args.dataset), dataset=args.dataset) | RECIPES[args.recipe]
   flags = {"data_dir": args.data_dir, "train_size": args.train_size,
            "test_size": args.test_size, "model": args.model, "width": args.width,
            "epochs": args.epochs, "warmup": args.warmup, "batch_size": args.batch_size,
            "lr": args.lr, "lr_decay_epoch": args.lr_decay_epoch, "momentum": args.momentum,
            "seed": args.seed, "feature_dtype": args.feature_dtype,
            "feature_memory_gb": args.feature_memory_gb, "eval_batch_size": args.eval_batch_size,
-           "eval_every": args.eval_every}
+           "eval_every": args.eval_every, "optimizer": args.optimizer,
+           "weight_decay": args.weight_decay, "schedule": args.schedule,
+           "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing}
   settings.update({k: v for k, v in flags.items() if v is not None})
   settings["batch_norm"] = not args.no_batch_norm
   return TrainConfig(**settings)

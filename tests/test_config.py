@@ -16,7 +16,8 @@ FLAGS = {
     "lr_decay_factor": "lr_decay_factor", "momentum": "--momentum", "seed": "--seed",
     "eval_batch_size": "--eval-batch-size", "eval_every": "--eval-every",
     "feature_memory_gb": "--feature-memory-gb", "train_size": "--train-size",
-    "test_size": "--test-size",
+    "test_size": "--test-size", "weight_decay": "--weight-decay",
+    "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -35,6 +36,9 @@ BAD = {
     "eval_every": (0, -1, 1.0, INF, True),
     "train_size": (0, -1, 100.0, NAN, True),
     "test_size": (0, -1, 10.0, INF, True),
+    "weight_decay": (*NON_FINITE, -1e-4, -1, True, None),
+    "warmup_lr_epochs": (-1, 60, 61, 1.0, NAN, True, None),   # epochs is 60
+    "label_smoothing": (*NON_FINITE, -0.1, 1.0, 1, 1.5, True, None),
 }
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
@@ -54,7 +58,9 @@ def test_default_config_validates():
     ("width", 2), ("lr", 1), ("momentum", 0), ("momentum", 0.0), ("lr_decay_factor", 1.0),
     ("feature_memory_gb", 0), ("feature_memory_gb", 0.0), ("warmup", 0), ("seed", 0),
     ("seed", 12345), ("lr_decay_epoch", None), ("lr_decay_epoch", 20),
-    ("train_size", None), ("train_size", 100), ("test_size", 1), ("epochs", 1)])
+    ("train_size", None), ("train_size", 100), ("test_size", 1), ("epochs", 1),
+    ("weight_decay", 0), ("weight_decay", 5e-4), ("label_smoothing", 0.0),
+    ("label_smoothing", 0.99), ("warmup_lr_epochs", 59)])
 def test_valid_values_pass(field, value):
   TrainConfig(**{field: value}).validate()
 
@@ -69,6 +75,25 @@ def test_bad_value_is_refused(field, value):
   assert "got" in message
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("optimizer", "adam", "unknown --optimizer 'adam'; choose from sgd, nesterov, adamw"),
+    ("schedule", "linear", "unknown --schedule 'linear'"),
+    ("schedule", "step", "--schedule step needs --lr-decay-epoch"),
+])
+def test_bad_names_are_refused(field, value, match):
+  with pytest.raises(UsageError, match=match):
+    TrainConfig(**{field: value}).validate()
+
+
+def test_lr_decay_epoch_only_with_the_step_schedule():
+  TrainConfig(lr_decay_epoch=20).validate()                    # step, implied
+  TrainConfig(lr_decay_epoch=20, schedule="step").validate()
+  assert TrainConfig(lr_decay_epoch=20).schedule_name == "step"
+  assert TrainConfig().schedule_name == "constant"
+  with pytest.raises(UsageError, match="only applies to --schedule step, not cosine"):
+    TrainConfig(lr_decay_epoch=20, schedule="cosine").validate()
+
+
 def test_batch_larger_than_training_set():
   with pytest.raises(UsageError, match="--batch-size 256 is larger than the training set"):
     TrainConfig(batch_size=256).validate(num_train=100)
@@ -80,7 +105,13 @@ def test_batch_larger_than_training_set():
     (["--feature-memory-gb", "inf"], "--feature-memory-gb"), (["--momentum", "-0.5"], "--momentum"), (["--momentum=-0.5"], "--momentum"),
     (["--momentum", "nan"], "--momentum"), (["--seed", "-1"], "--seed"),
     (["--train-size", "0"], "--train-size"), (["--test-size", "-3"], "--test-size"),
-    (["--eval-every", "0"], "--eval-every")])
+    (["--eval-every", "0"], "--eval-every"), (["--weight-decay=-1e-4"], "--weight-decay"),
+    (["--label-smoothing", "1"], "--label-smoothing"), (["--label-smoothing", "nan"],
+                                                        "--label-smoothing"),
+    (["--warmup-lr-epochs", "8"], "--warmup-lr-epochs"),
+    (["--optimizer", "adam"], "--optimizer"), (["--schedule", "linear"], "--schedule"),
+    (["--recipe", "fast"], "--recipe"), (["--schedule", "step"], "--schedule"),
+    (["--optimizer", "nesterov", "--momentum", "0"], "--optimizer")])
 def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   workdir = tmp_path / "wd"
   code = run.main([*argv, "--workdir", str(workdir), "--no-progress",

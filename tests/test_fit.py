@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import ldjax
@@ -105,7 +106,7 @@ def test_head_on_features_equals_frozen_prefix(tiny_data, name, n):
   data = tiny_data
   model = build_model(name, data.image_shape, data.num_classes, width=WIDTH)
   variables = model.init(jax.random.key(0), data.image_shape)
-  tx = steps.make_optimizer(0.05, 0.9)
+  tx = optax.sgd(0.05, momentum=0.9)
   state = steps.init_train_state(variables[n:], tx)
   x, y = data.x_train[:32], data.y_train[:32]
   rng = jax.random.key(7)

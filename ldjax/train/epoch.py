@@ -33,7 +33,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ldjax.data.batching import epoch_permutation
 from ldjax.data.datasets import Dataset
@@ -45,18 +44,11 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import decisions, programs, scoring, steps
+from ldjax.train import decisions, optim, programs, scoring, steps
 from ldjax.train.decisions import DropState
 from ldjax.train.evaluation import Evaluator
 
-__all__ = ["DropState", "Trainer", "lr_schedule", "param_l2"]
-
-
-def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-  if cfg.lr_decay_epoch is None:
-    return optax.constant_schedule(cfg.lr)
-  return optax.piecewise_constant_schedule(
-      cfg.lr, {cfg.lr_decay_epoch * steps_per_epoch: cfg.lr_decay_factor})
+__all__ = ["DropState", "Trainer", "param_l2"]
 
 
 def param_l2(variables) -> float:
@@ -79,7 +71,7 @@ class Trainer:
     self.strategy = Strategy(strategy)
     self.n_train = len(data.x_train)
     self.steps_per_epoch = self.n_train // cfg.batch_size
-    self.tx = steps.make_optimizer(lr_schedule(cfg, self.steps_per_epoch), cfg.momentum)
+    self.tx = optim.make_optimizer(cfg, self.steps_per_epoch)
     # A copy: the step donates its buffers, and callers reuse `variables`.
     self.variables = jax.tree.map(jnp.copy, list(variables))
     self.opt_states = [self.tx.init(v.get("params", {})) for v in self.variables]
@@ -114,7 +106,8 @@ class Trainer:
     """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen."""
     return programs.train_step(self.net, self.tx, programs.structs(self.variables),
                                programs.structs(self.opt_states), store_cut, cut,
-                               self.cfg.batch_size, self.feature_dtype)
+                               self.cfg.batch_size, self.feature_dtype,
+                               label_smoothing=self.cfg.label_smoothing)
 
   def compile_first_step(self) -> None:
     """Compiles the step of the first epoch now rather than when it starts."""

@@ -25,7 +25,8 @@ from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
 from ldjax.train.decisions import DropState
-from ldjax.train.epoch import Trainer, lr_schedule, param_l2
+from ldjax.train.epoch import Trainer, param_l2
+from ldjax.train.optim import lr_schedule
 from ldjax.train.progress import progress_bar
 
 
@@ -41,7 +42,10 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "image_shape": list(data.image_shape), "num_classes": data.num_classes,
           "num_train": len(data.x_train), "num_test": len(data.x_test), "epochs": cfg.epochs,
           "warmup": cfg.warmup, "batch_size": cfg.batch_size, "lr": cfg.lr,
-          "lr_decay_epoch": cfg.lr_decay_epoch, "momentum": cfg.momentum, "seed": cfg.seed,
+          "lr_decay_epoch": cfg.lr_decay_epoch, "lr_decay_factor": cfg.lr_decay_factor,
+          "momentum": cfg.momentum, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
+          "schedule": cfg.schedule_name, "warmup_lr_epochs": cfg.warmup_lr_epochs,
+          "label_smoothing": cfg.label_smoothing, "seed": cfg.seed,
           "feature_dtype": cfg.feature_dtype}
 
 

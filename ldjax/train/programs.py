@@ -50,7 +50,7 @@ class Net:
 
 def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[dict],
                opt_states: Sequence, store_cut: int, cut: int, batch: int,
-               feature_dtype) -> steps.Compiled:
+               feature_dtype, label_smoothing: float = 0.0) -> steps.Compiled:
   """`steps.scored_train_step` of the head [cut, L), its state and scores donated."""
   params, stats = steps.split_variables(variables[cut:])
   state = structs(steps.TrainState(params, stats, list(opt_states[cut:])))
@@ -59,7 +59,8 @@ def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[d
       structs(list(variables[store_cut:cut])), net.input_struct(store_cut, batch, feature_dtype),
       jax.ShapeDtypeStruct((batch,), np.int32), structs(jax.random.key(0)), np.int32(0),
       donate_argnums=(0, 1), head_stages=net.stages[cut:],
-      frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut, **net.norm)
+      frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut,
+      label_smoothing=label_smoothing, **net.norm)
 
 
 def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch: int, *,

@@ -52,18 +52,6 @@ def merge_variables(params: Sequence[PyTree], batch_stats: Sequence[PyTree]) -> 
           for p, b in zip(params, batch_stats, strict=True)]
 
 
-def make_optimizer(learning_rate: float | optax.Schedule, momentum: float) -> optax.GradientTransformation:
-  """SGD with (PyTorch-style) momentum, the paper's optimizer.
-
-  It is applied per stage (see `apply_updates_per_stage`). Element-wise
-  transformations behave exactly as on the whole model; a transformation that
-  couples stages (e.g. global-norm clipping) would act per stage instead.
-  A schedule sees each stage's own update count, which equals the global
-  step for every stage still in the head.
-  """
-  return optax.sgd(learning_rate, momentum=momentum if momentum else None)
-
-
 def init_train_state(variables: Sequence[dict], tx: optax.GradientTransformation) -> TrainState:
   params, stats = split_variables(variables)
   return TrainState(params, stats, [tx.init(p) for p in params])
@@ -78,15 +66,20 @@ def prepare_input(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> 
   return x.astype(jnp.float32)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Mean cross-entropy; with `label_smoothing` a, against (1 - a) one-hot + a / classes."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
 
 
 def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array,
                y: jax.Array, rng: jax.Array, *, head_stages: Sequence[nn.Module],
                frozen_stages: Sequence[nn.Module], tx: optax.GradientTransformation,
-               mean: Sequence[float], std: Sequence[float], head_index: int = 0):
-  """One SGD step of the head. Returns (new state, metrics, per-stage gradients).
+               mean: Sequence[float], std: Sequence[float], head_index: int = 0,
+               label_smoothing: float = 0.0):
+  """One optimizer step of the head. Returns (new state, metrics, per-stage gradients).
 
   `head_index` is the head's position in the whole model; it keys the
   dropout randomness so that every split of the model draws the same masks.
@@ -101,7 +94,7 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
     variables = merge_variables(params, state.batch_stats)
     logits, new_vars = apply_stages(head_stages, variables, h, train=True, rng=rng,
                                     first_index=first)
-    return cross_entropy(logits, y), (logits, [v.get("batch_stats", {}) for v in new_vars])
+    return cross_entropy(logits, y, label_smoothing), (logits, [v.get("batch_stats", {}) for v in new_vars])
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_params, new_opt = [], []

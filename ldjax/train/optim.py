@@ -1,0 +1,72 @@
+"""Optimizers and learning-rate schedules of a run, built from optax by `TrainConfig`.
+
+- `--optimizer sgd` (the paper's: SGD with PyTorch-style momentum),
+  `nesterov` (the same with Nesterov momentum) or `adamw` (decoupled weight
+  decay, betas 0.9 / 0.999; `--momentum` does not apply).
+- `--weight-decay W` decays conv and dense kernels only (arrays of two or
+  more dimensions; biases and BatchNorm scales and offsets are left alone).
+  With sgd / nesterov it is added to the gradient before the momentum
+  (`optax.add_decayed_weights`, as PyTorch's SGD does); with adamw it is
+  decoupled. 0 leaves the optimizer exactly the paper's.
+- `--schedule constant | step | cosine | onecycle`, by global step:
+  `step` multiplies the lr by `lr_decay_factor` from `--lr-decay-epoch` on;
+  `cosine` decays it to 0 over the run; `onecycle` is optax's cosine
+  one-cycle (a rise to `--lr`, then a decay to ~0), whose rise lasts
+  `--warmup-lr-epochs` (30 % of the run if 0). For the others
+  `--warmup-lr-epochs E` multiplies the schedule by min(1, (step + 1) / (E x
+  steps per epoch)): a linear rise from lr/N over the first N steps. This lr
+  warm-up is distinct from the Learn & Drop warm-up (`--warmup`).
+
+The optimizer is applied per stage (the train step updates each stage with
+its own optimizer state, so the state slices with the head); every transformation here is element-wise, so this equals
+applying it to the whole model. Each stage's optimizer state counts its own
+updates, which equals the global step for every stage still in the head, so
+after a drop the head's schedule and moments continue from the full model's.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ldjax.runs.config import OPTIMIZERS, SCHEDULES, TrainConfig
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "decay_mask", "lr_schedule", "make_optimizer"]
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate as a function of the global step (see the module docstring)."""
+  name = cfg.schedule_name
+  total = cfg.epochs * steps_per_epoch
+  warm = cfg.warmup_lr_epochs * steps_per_epoch
+  if name == "onecycle":
+    return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=warm / total if warm else 0.3)
+  if name == "constant":
+    base = optax.constant_schedule(cfg.lr)
+  elif name == "step":
+    base = optax.piecewise_constant_schedule(
+        cfg.lr, {cfg.lr_decay_epoch * steps_per_epoch: cfg.lr_decay_factor})
+  else:
+    base = optax.cosine_decay_schedule(cfg.lr, decay_steps=total)
+  if not warm:
+    return base
+  return lambda count: base(count) * jnp.minimum(1.0, (count + 1) / warm)
+
+
+def decay_mask(params):
+  """True for the arrays weight decay applies to: kernels (two or more dimensions)."""
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The run's optimizer (applied to each stage's parameters on their own)."""
+  schedule = lr_schedule(cfg, steps_per_epoch)
+  if cfg.optimizer == "adamw":
+    return optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay,
+                       mask=decay_mask)
+  sgd = optax.sgd(schedule, momentum=cfg.momentum if cfg.momentum else None,
+                  nesterov=cfg.optimizer == "nesterov")
+  if not cfg.weight_decay:
+    return sgd
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask), sgd)
