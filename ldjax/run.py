@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
          "the Learn & Drop --warmup (default 0)")
   a("--label-smoothing", type=float, default=None,
     help="label smoothing of the training loss, in [0, 1) (default 0)")
+  a("--augment", default=None, metavar="NAME",
+    help="training augmentation: none, flip (horizontal), crop (pad, crop back), flip,crop "
+         "(default: flip,crop for cifar10 and imagenette, none for the others). After a drop "
+         "the store holds the views: flip stays exact, crop becomes a window of the padded "
+         "image's stored map (see README)")
+  a("--crop-pad", type=int, default=None, metavar="P",
+    help="pixels of zero padding of the crop (default 4 at 32x32, 2 at 28x28)")
   a("--seed", type=int, default=0, help="seed of the initial weights, data order and dropout (default: 0)")
   a("--feature-dtype", choices=("float32", "bfloat16"), default=None,
     help="dtype of the cached feature maps (float32; bfloat16 halves their bytes)")
@@ -115,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
            "feature_memory_gb": args.feature_memory_gb, "eval_batch_size": args.eval_batch_size,
            "eval_every": args.eval_every, "optimizer": args.optimizer,
            "weight_decay": args.weight_decay, "schedule": args.schedule,
-           "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing}
+           "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing,
+           "augment": args.augment, "crop_pad": args.crop_pad}
   settings.update({k: v for k, v in flags.items() if v is not None})
   settings["batch_norm"] = not args.no_batch_norm
   return TrainConfig(**settings)

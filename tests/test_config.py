@@ -18,6 +18,7 @@ FLAGS = {
     "feature_memory_gb": "--feature-memory-gb", "train_size": "--train-size",
     "test_size": "--test-size", "weight_decay": "--weight-decay",
     "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
+    "crop_pad": "--crop-pad",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -39,6 +40,7 @@ BAD = {
     "weight_decay": (*NON_FINITE, -1e-4, -1, True, None),
     "warmup_lr_epochs": (-1, 60, 61, 1.0, NAN, True, None),   # epochs is 60
     "label_smoothing": (*NON_FINITE, -0.1, 1.0, 1, 1.5, True, None),
+    "crop_pad": (0, -1, 2.0, NAN, True),
 }
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
@@ -79,6 +81,7 @@ def test_bad_value_is_refused(field, value):
     ("optimizer", "adam", "unknown --optimizer 'adam'; choose from sgd, nesterov, adamw"),
     ("schedule", "linear", "unknown --schedule 'linear'"),
     ("schedule", "step", "--schedule step needs --lr-decay-epoch"),
+    ("augment", "rotate", "unknown --augment 'rotate'; choose from none, flip, crop, flip,crop"),
 ])
 def test_bad_names_are_refused(field, value, match):
   with pytest.raises(UsageError, match=match):
@@ -111,7 +114,10 @@ def test_batch_larger_than_training_set():
     (["--warmup-lr-epochs", "8"], "--warmup-lr-epochs"),
     (["--optimizer", "adam"], "--optimizer"), (["--schedule", "linear"], "--schedule"),
     (["--recipe", "fast"], "--recipe"), (["--schedule", "step"], "--schedule"),
-    (["--optimizer", "nesterov", "--momentum", "0"], "--optimizer")])
+    (["--optimizer", "nesterov", "--momentum", "0"], "--optimizer"),
+    (["--augment", "rotate"], "--augment"), (["--augment", "crop", "--crop-pad", "28"],
+                                             "--crop-pad"),
+    (["--augment", "crop", "--crop-pad", "0"], "--crop-pad")])
 def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   workdir = tmp_path / "wd"
   code = run.main([*argv, "--workdir", str(workdir), "--no-progress",

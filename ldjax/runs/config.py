@@ -11,6 +11,7 @@ import dataclasses
 import math
 import numbers
 
+from ldjax.data import augment
 from ldjax.errors import UsageError
 from ldjax.strategy import Strategy
 
@@ -37,6 +38,8 @@ class TrainConfig:
                                  # lr_decay_epoch is set, else constant (the paper's)
   warmup_lr_epochs: int = 0      # linear lr warm-up (not the Learn & Drop warm-up)
   label_smoothing: float = 0.0
+  augment: str = "none"          # none | flip | crop | flip,crop (ldjax.data.augment)
+  crop_pad: int | None = None    # crop's padding in pixels; None: 4 at 32x32, 2 at 28x28
   seed: int = 0
   eval_batch_size: int = 1000
   eval_every: int = 1   # test evaluation every this many epochs, and after the last
@@ -50,7 +53,7 @@ class TrainConfig:
       return self.schedule
     return "constant" if self.lr_decay_epoch is None else "step"
 
-  def validate(self, num_train: int | None = None) -> None:
+  def validate(self, num_train: int | None = None, image_shape=None) -> None:
     """Raises UsageError for settings that cannot work (before any training).
 
     Every numeric field is checked for its type as well as its range: NaN and
@@ -73,6 +76,11 @@ class TrainConfig:
                  lambda v: 0 < v <= 1)
     _check_int(self.seed, "--seed", "an integer >= 0", lambda v: v >= 0)
     self._validate_recipe()
+    _check_choice(self.augment, "--augment", augment.NAMES)
+    if self.crop_pad is not None:
+      _check_int(self.crop_pad, "--crop-pad", "an integer > 0 (or unset)", lambda v: v > 0)
+    if image_shape is not None:
+      augment.Augment.parse(self.augment, self.crop_pad, image_shape)
     if self.feature_dtype not in ("float32", "bfloat16"):
       raise UsageError(f"--feature-dtype must be float32 or bfloat16, got {self.feature_dtype}")
     _check_float(self.feature_memory_gb, "--feature-memory-gb", "a finite number >= 0",
@@ -154,8 +162,8 @@ RECIPES = {
 # The paper's protocol (Section 4.2): batch 256 everywhere.
 PAPER_PRESETS = {
     "mnist": dict(lr=0.001, epochs=60, warmup=5),
-    "cifar10": dict(lr=0.1, lr_decay_epoch=20, epochs=60, warmup=10),
-    "imagenette": dict(lr=0.01, lr_decay_epoch=50, epochs=150, warmup=25),
+    "cifar10": dict(lr=0.1, lr_decay_epoch=20, epochs=60, warmup=10, augment="flip,crop"),
+    "imagenette": dict(lr=0.01, lr_decay_epoch=50, epochs=150, warmup=25, augment="flip,crop"),
 }
 
 # The no-argument run: a CPU-sized Fashion-MNIST subset shipped in the package,

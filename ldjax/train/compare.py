@@ -31,7 +31,7 @@ def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, Stage
   """Loads the data and builds the model; raises UsageError before anything is written."""
   data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
                       test_size=cfg.test_size)
-  cfg.validate(len(data.x_train))
+  cfg.validate(len(data.x_train), data.image_shape)
   cfg.validate_strategies(strategies)
   model = build_model(cfg.model, data.image_shape, data.num_classes, width=cfg.width,
                       batch_norm=cfg.batch_norm)

@@ -27,6 +27,7 @@ and the test evaluation (`evaluation.Evaluator`).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import time
 
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldjax.data.augment import Augment, Draws, ViewSource
 from ldjax.data.batching import epoch_permutation
 from ldjax.data.datasets import Dataset
 from ldjax.errors import Interrupted, TrainingDiverged
@@ -80,11 +82,20 @@ class Trainer:
     self.macs = [c.macs for c in stage_costs]
     self.net = programs.Net(tuple(model.stages), tuple(data.image_shape), tuple(self.shapes),
                             tuple(data.mean), tuple(data.std))
+    # Stores hold `views` maps per image, of the padded image with crop (`ldjax.data.augment`).
+    self.augment = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape)
+    self.view_net, self.view_macs = self.net, self.macs
+    if self.augment.pad:
+      view_costs = costs.stage_costs(model, self.augment.view_shape(data.image_shape))
+      self.view_net = dataclasses.replace(
+          self.net, image_shape=self.augment.view_shape(data.image_shape),
+          shapes=tuple(c.output_shape for c in view_costs))
+      self.view_macs = [c.macs for c in view_costs]
     self.drop = DropState()
     self.key = jax.random.key(cfg.seed)
     self.feature_dtype = storage_dtype(cfg.feature_dtype)
     self.keeper = StoreKeeper(
-        self.n_train, self.shapes, cfg.feature_dtype,
+        self.augment.views * self.n_train, self.view_net.shapes, cfg.feature_dtype,
         memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)),
         directory=None if run_dir is None else run_dir.path / "features")
     self.step_fn: steps.Compiled | None = None
@@ -114,8 +125,8 @@ class Trainer:
     self.step_fn, self.compiled_for = self.compile_step(0, 0), (0, 0)
 
   def compile_extract(self, start: int, stop: int) -> steps.Compiled:
-    """Stages [start, stop) on a training batch, out in the store's dtype."""
-    return programs.extraction(self.net, self.variables, start, stop, self.cfg.batch_size,
+    """Stages [start, stop) on a batch of stored views, out in the store's dtype."""
+    return programs.extraction(self.view_net, self.variables, start, stop, self.cfg.batch_size,
                                in_dtype=self.feature_dtype, out_dtype=self.feature_dtype)
 
   def head_state(self, cut: int) -> steps.TrainState:
@@ -128,7 +139,7 @@ class Trainer:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
     extract = self.compile_extract(0, stop)
     return self.keeper.rebuild(stop, functools.partial(extract.fn, self.variables[:stop]),
-                               self.data.x_train, self.cfg.batch_size)
+                               ViewSource(self.data.x_train, self.augment), self.cfg.batch_size)
 
   def reopen_store(self, on_disk: bool) -> None:
     """After a resume: the store of the dropped stages, verified, or rebuilt."""
@@ -151,21 +162,23 @@ class Trainer:
     step_cut = self.drop.pending[1] if extract is not None else read_cut
     compiling = self._compile_in_background(step_cut, new_store if extract else None)
     tail = self.variables[read_cut:step_cut]
-    read = self.data.x_train.__getitem__ if read_cut == 0 else self.keeper.current.read
+    draws = self.augment.draws(self.cfg.seed, epoch, self.n_train)
     if extract is not None:
       t0 = time.perf_counter()
-      new_store = self._fill(new_store, extract, tail, read, epoch, bar, should_stop, on_step)
+      views = (ViewSource(self.data.x_train, self.augment).__getitem__ if read_cut == 0
+               else self.keeper.current.read)
+      new_store = self._fill(new_store, extract, tail, views, epoch, bar, should_stop, on_step)
       times["extract_store_s"] = time.perf_counter() - t0
     if compiling is not None:
       t0 = time.perf_counter()
       self.step_fn, self.compiled_for = compiling.result(), (step_cut, self.drop.cut)
       times["compile_s"] += time.perf_counter() - t0
     # After a failed write the new stages run on each batch instead (no store).
-    fused = None if extract is None or new_store is not None else functools.partial(
-        extract.fn, tail)
+    fused = None if extract is None or new_store is not None else self._fused(extract, tail)
     t0 = time.perf_counter()
-    state, scores, metrics = self._train(epoch, read if new_store is None else new_store.read,
-                                         fused, step_cut, bar, should_stop, on_step)
+    store = new_store if new_store is not None else self.keeper.current if read_cut else None
+    read = self._reader(draws, store)
+    state, scores, metrics = self._train(epoch, read, fused, step_cut, bar, should_stop, on_step)
     times["train_s"] = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
     loss, accuracy = self._check_finite(epoch, metrics)
@@ -173,7 +186,40 @@ class Trainer:
     self.opt_states[self.drop.cut:] = list(state.opt_state)
     extracted, store_info = self._commit_store(new_store)
     return dict(times=times, cpu_s=cpu_s, scores=scores, extracted=extracted, store=store_info,
-                loss=loss, train_accuracy=accuracy)
+                loss=loss, train_accuracy=accuracy,
+                augment=self._augment_seen(store))
+
+  def _fused(self, extract: steps.Compiled, tail):
+    """The extraction as a per-batch forward pass of `tail` on the head's input (which,
+    with crop, is not a padded view: that needs its own program)."""
+    if self.augment.pad:
+      start, stop = self.drop.pending
+      extract = programs.extraction(self.net, self.variables, start, stop, self.cfg.batch_size,
+                                    in_dtype=self.feature_dtype, out_dtype=self.feature_dtype)
+    return functools.partial(extract.fn, tail)
+
+  def _reader(self, draws: Draws, store: FeatureStore | None):
+    """examples -> the head's (or its frozen stages') input: augmented images, or the
+    window of their stored views."""
+    if store is None:
+      return functools.partial(draws.images, self.data.x_train)
+    size = self.shapes[store.stage_range[1] - 1][:2]
+    image_size = self.data.image_shape[:2]
+    return lambda idx: draws.features(store.read(draws.rows(idx)), idx, size, image_size)
+
+  def _augment_seen(self, store: FeatureStore | None) -> dict:
+    """What augmentation the head's input had this epoch (metrics.jsonl "augment")."""
+    if store is None or self.augment.name == "none":
+      return {"name": self.augment.name, "on": "images"}
+    stop = store.stage_range[1]
+    on = {"name": self.augment.name, "on": f"stored maps of stages 0-{stop - 1}"}
+    if self.augment.flip:
+      on["flip"] = "exact: the stored view of the mirrored image"
+    if self.augment.pad:
+      stride = self.data.image_shape[0] / self.shapes[stop - 1][0]
+      on["crop"] = (f"approximate: window of the padded image's map, offset rounded to "
+                    f"stride {stride:g}, border band")
+    return on
 
   def _start_extraction(self, times: dict):
     """(empty store, extraction program) of a pending drop, or (None, None)."""
@@ -268,9 +314,11 @@ class Trainer:
       return None, None
     self.keeper.replace(new_store)
     self.drop = self.drop.stored()
+    plain = self.n_train * int(np.prod(self.shapes[pending[1] - 1])) * self.feature_dtype.itemsize
     return pending, dict(bytes=new_store.nbytes, stage_range=[0, self.drop.store_cut],
                          backing="memory" if new_store.in_memory else "npy",
-                         dtype=self.cfg.feature_dtype)
+                         dtype=self.cfg.feature_dtype, views=self.augment.views,
+                         augment_extra_bytes=new_store.nbytes - plain)
 
   # -- evaluation and decisions --------------------------------------------------
 

@@ -45,7 +45,8 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "lr_decay_epoch": cfg.lr_decay_epoch, "lr_decay_factor": cfg.lr_decay_factor,
           "momentum": cfg.momentum, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
           "schedule": cfg.schedule_name, "warmup_lr_epochs": cfg.warmup_lr_epochs,
-          "label_smoothing": cfg.label_smoothing, "seed": cfg.seed,
+          "label_smoothing": cfg.label_smoothing, "augment": cfg.augment,
+          "crop_pad": cfg.crop_pad, "seed": cfg.seed,
           "feature_dtype": cfg.feature_dtype}
 
 
@@ -68,7 +69,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
     on_epoch, on_step: callbacks with each epoch's record, and with
       (epoch, step, phase) before each step.
   """
-  cfg.validate(len(data.x_train))
+  cfg.validate(len(data.x_train), data.image_shape)
   cfg.validate_strategies([strategy])
   if variables is None:
     variables = model.init(jax.random.key(cfg.seed), data.image_shape)
@@ -204,7 +205,9 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
   macs = trainer.macs
   extracted = out["extracted"]
   forward_from = extracted[1] if extracted else store_cut
-  extra = sum(macs[extracted[0]:extracted[1]]) if extracted else 0
+  # The extraction runs once per stored view (of the padded image with crop).
+  extra = (trainer.augment.views * sum(trainer.view_macs[extracted[0]:extracted[1]])
+           if extracted else 0)
   forward = sum(macs[forward_from:]) + extra
   train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
   return {
@@ -219,5 +222,5 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
       "forward_params": count_params(trainer.variables[forward_from:]),
       "forward_macs": int(forward), "train_macs": int(train),
       "xla_step_flops": trainer.step_fn.flops,
-      "store": out["store"],
+      "store": out["store"], "augment": out["augment"],
   }
