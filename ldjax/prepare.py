@@ -10,10 +10,10 @@ them, however, needs TensorFlow (TFDS encodes the images with it) and
 internet access, hence the optional `pip install 'ldjax[prepare]'`.
 """
 
-import argparse
 import importlib.util
 import sys
 
+from ldjax import cli
 from ldjax.data.datasets import KNOWN_TFDS
 from ldjax.errors import UsageError
 
@@ -59,7 +59,7 @@ def prepare(name: str, data_dir: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """Command line entry point; returns the process exit status."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m ldjax.prepare",
       description="Download a TFDS dataset and write it as array_record "
       "files, the format ldjax reads without TensorFlow. Needs internet and "

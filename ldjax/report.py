@@ -15,13 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from ldjax import cli
 from ldjax.errors import UsageError
 from ldjax.reporting.report import write_report
 from ldjax.reporting.runs import default_out, load_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m ldjax.report",
       description="Write report.md (Tables 1/2 and 3 of the paper) and figures (AAPD, scores P, "
                   "accuracy and time per epoch, parameters and MACs per epoch) from run "

@@ -21,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from ldjax import cli
 from ldjax.errors import Interrupted, TrainingDiverged, UsageError
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import compile_cache
-from ldjax.runs.config import OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, preset_for
+from ldjax.runs.config import CUT_RULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, preset_for
 from ldjax.runs.workdir import ensure_writable
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
 from ldjax.train import compare
@@ -33,7 +34,7 @@ DEFAULT_STRATEGIES = "sgd,drop"
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m ldjax.run", description=__doc__.split("\n\n")[0],
       epilog="Unset settings come from the dataset's preset (see README).",
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
          "image's stored map (see README)")
   a("--crop-pad", type=int, default=None, metavar="P",
     help="pixels of zero padding of the crop (default 4 at 32x32, 2 at 28x28)")
+  a("--cut-rule", default=None, choices=CUT_RULES,
+    help="reading of Eq. 4: sign-change (the formula: stages up to the first P' > 0 followed "
+         "by P' < 0; default) or max-prefix (the text: the leading run of maximum sum)")
+  a("--val-size", type=int, default=None, metavar="N",
+    help="hold N training images out (a fixed choice, the same for every seed) as a "
+         "validation split: evaluated every --eval-every epochs and logged as val_accuracy "
+         "(what the figures use); the test set is then evaluated after the last epoch only")
+  a("--test-every-epoch", action="store_true",
+    help="with --val-size: evaluate the test set whenever the validation split is, too")
+  a("--precision", default=None, choices=("float32", "bfloat16"),
+    help="of convolutions and dense layers: float32 (default) or bfloat16 (weights, "
+         "optimizer state, BatchNorm statistics, gradients and scores stay float32)")
   a("--seed", type=int, default=0, help="seed of the initial weights, data order and dropout (default: 0)")
   a("--feature-dtype", choices=("float32", "bfloat16"), default=None,
     help="dtype of the cached feature maps (float32; bfloat16 halves their bytes)")
@@ -123,9 +136,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
            "eval_every": args.eval_every, "optimizer": args.optimizer,
            "weight_decay": args.weight_decay, "schedule": args.schedule,
            "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing,
-           "augment": args.augment, "crop_pad": args.crop_pad}
+           "augment": args.augment, "crop_pad": args.crop_pad, "cut_rule": args.cut_rule,
+           "val_size": args.val_size, "precision": args.precision}
   settings.update({k: v for k, v in flags.items() if v is not None})
   settings["batch_norm"] = not args.no_batch_norm
+  settings["test_every_epoch"] = args.test_every_epoch
   return TrainConfig(**settings)
 
 
@@ -178,7 +193,10 @@ def stop_on_sigint():
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  try:
+    args = build_parser().parse_args(argv)
+  except SystemExit as e:   # --help (0), or a bad command line (2, one line printed)
+    return int(e.code or 0)
   created = None
   try:
     strategies = Strategy.parse_list(args.strategy)

@@ -17,6 +17,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from ldjax import cli
 from ldjax.models.costs import StageCost, stage_costs
 from ldjax.errors import UsageError
 from ldjax.models.zoo import MODEL_NAMES, build_model
@@ -67,15 +68,8 @@ def format_table(model_name: str, input_shape: Sequence[int], costs: Sequence[St
   return "\n".join(out)
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse, but a bad command line gives one `error: ...` line (exit 2) like other bad input."""
-
-  def error(self, message):
-    self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog="python -m ldjax.summary",
       description="List a model's stages (the units Learn & Drop drops) with output shapes, "
                   "trainable parameters and forward MACs per example.")

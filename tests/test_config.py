@@ -18,7 +18,7 @@ FLAGS = {
     "feature_memory_gb": "--feature-memory-gb", "train_size": "--train-size",
     "test_size": "--test-size", "weight_decay": "--weight-decay",
     "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
-    "crop_pad": "--crop-pad",
+    "crop_pad": "--crop-pad", "val_size": "--val-size",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -41,6 +41,7 @@ BAD = {
     "warmup_lr_epochs": (-1, 60, 61, 1.0, NAN, True, None),   # epochs is 60
     "label_smoothing": (*NON_FINITE, -0.1, 1.0, 1, 1.5, True, None),
     "crop_pad": (0, -1, 2.0, NAN, True),
+    "val_size": (0, -1, 100.0, NAN, True),
 }
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
@@ -117,7 +118,12 @@ def test_batch_larger_than_training_set():
     (["--optimizer", "nesterov", "--momentum", "0"], "--optimizer"),
     (["--augment", "rotate"], "--augment"), (["--augment", "crop", "--crop-pad", "28"],
                                              "--crop-pad"),
-    (["--augment", "crop", "--crop-pad", "0"], "--crop-pad")])
+    (["--augment", "crop", "--crop-pad", "0"], "--crop-pad"),
+    # argparse's own refusals are one line too (ldjax.cli).
+    (["--cut-rule", "first"], "--cut-rule"), (["--feature-dtype", "f16"], "--feature-dtype"),
+    (["--lr", "fast"], "--lr"), (["--epochs", "2.5"], "--epochs"),
+    (["--val-size", "6000"], "--val-size"), (["--val-size", "5900"], "--val-size"),
+    (["--val-size", "0"], "--val-size")])
 def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   workdir = tmp_path / "wd"
   code = run.main([*argv, "--workdir", str(workdir), "--no-progress",

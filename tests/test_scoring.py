@@ -340,3 +340,23 @@ def test_decide_on_jax_scores():
   assert d.drop                         # 1 >= 0.5
   d = scoring.decide(jnp.array([0.9, 0.1]), [1.5])
   assert d.n_star == 1 and not d.drop   # 1 < 1.5
+
+
+@pytest.mark.parametrize("std,expected", [
+    ([1.0, -1.0], 1),
+    ([1.0, 0.5, -0.2, -1.3], 2),        # sums 1, 1.5, 1.3: the maximum is the prefix of 2
+    ([1.0, -0.5, 2.0, -2.5], 3),        # the sign-change reading stops at 1; the text goes on
+    ([-1.0, 0.5, 0.5], 0),              # no prefix sums to > 0
+    ([0.5, -0.5, 0.5, -0.5], 1),        # equal sums 0.5 at 1 and 3: the shortest
+    ([2.0, 1.0, -3.0], 2),              # the last stage is never a candidate
+    ([3.0], 0), ([], 0),
+])
+def test_find_cut_max_prefix(std, expected):
+  assert scoring.find_cut_max_prefix(std) == expected
+
+
+def test_decide_takes_the_cut_rule():
+  scores = [0.9, 0.5, 0.8, 0.1]
+  std = scoring.standardize(scores)
+  assert scoring.decide(scores, []).n_star == scoring.find_cut(std) == 1
+  assert scoring.decide(scores, [], "max-prefix").n_star == scoring.find_cut_max_prefix(std) == 3

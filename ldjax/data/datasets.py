@@ -74,6 +74,9 @@ class Dataset:
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
+  x_val: np.ndarray | None = None   # images held out of the training set (`hold_out`)
+  y_val: np.ndarray | None = None
+
   @property
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one image."""
@@ -142,6 +145,28 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
   mean, std = channel_stats(x_train)
   return Dataset(name=spec, x_train=x_train, y_train=y_train, x_test=x_test,
                  y_test=y_test, num_classes=num_classes, mean=mean, std=std)
+
+
+VAL_SEED = 1   # the held-out images do not depend on --seed: every seed validates on the same
+
+
+def hold_out(data: Dataset, size: int) -> Dataset:
+  """`data` with `size` training examples moved to a validation split (`x_val`, `y_val`).
+
+  The held-out examples are the first `size` of a fixed permutation (seed
+  `VAL_SEED`), kept in their original order, as are the training examples
+  left; mean and std are recomputed on those.
+  """
+  n = len(data.x_train)
+  if not 0 < size < n:
+    raise UsageError(f"--val-size {size} leaves no training data ({n} training examples); "
+                     f"use a value in [1, {n - 1}]")
+  val = np.zeros(n, bool)
+  val[np.random.default_rng(VAL_SEED).permutation(n)[:size]] = True
+  x_train, y_train = data.x_train[~val], data.y_train[~val]
+  mean, std = channel_stats(x_train)
+  return dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=data.x_train[val],
+                             y_val=data.y_train[val], mean=mean, std=std)
 
 
 def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0, *,

@@ -40,6 +40,10 @@ class TrainConfig:
   label_smoothing: float = 0.0
   augment: str = "none"          # none | flip | crop | flip,crop (ldjax.data.augment)
   crop_pad: int | None = None    # crop's padding in pixels; None: 4 at 32x32, 2 at 28x28
+  cut_rule: str = "sign-change"  # reading of Eq. 4: sign-change | max-prefix
+  val_size: int | None = None    # training images held out for validation
+  precision: str = "float32"     # of convolutions and dense layers: float32 | bfloat16
+  test_every_epoch: bool = False  # with val_size: the test set too, not only at the end
   seed: int = 0
   eval_batch_size: int = 1000
   eval_every: int = 1   # test evaluation every this many epochs, and after the last
@@ -77,6 +81,8 @@ class TrainConfig:
     _check_int(self.seed, "--seed", "an integer >= 0", lambda v: v >= 0)
     self._validate_recipe()
     _check_choice(self.augment, "--augment", augment.NAMES)
+    _check_choice(self.cut_rule, "--cut-rule", CUT_RULES)
+    _check_choice(self.precision, "--precision", ("float32", "bfloat16"))
     if self.crop_pad is not None:
       _check_int(self.crop_pad, "--crop-pad", "an integer > 0 (or unset)", lambda v: v > 0)
     if image_shape is not None:
@@ -90,6 +96,14 @@ class TrainConfig:
     if self.train_size is not None:
       _check_int(self.train_size, "--train-size", "an integer > 0 (or unset for all)",
                  lambda v: v > 0)
+    if self.val_size is not None:
+      _check_int(self.val_size, "--val-size", "an integer > 0 (or unset)", lambda v: v > 0)
+      if num_train is not None and self.val_size >= num_train:
+        raise UsageError(f"--val-size {self.val_size} leaves no training data ({num_train} "
+                         f"training examples); use a value in [1, {num_train - 1}]")
+      if num_train is not None and num_train - self.val_size < self.batch_size:
+        raise UsageError(f"--val-size {self.val_size} leaves {num_train - self.val_size} "
+                         f"training examples, fewer than --batch-size {self.batch_size}")
     if self.test_size is not None:
       _check_int(self.test_size, "--test-size", "an integer > 0 (or unset for all)",
                  lambda v: v > 0)
@@ -145,6 +159,7 @@ def _check_int(value, flag: str, expected: str, in_range) -> None:
 
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
+CUT_RULES = ("sign-change", "max-prefix")   # ldjax.train.scoring.CUT_RULES
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 # Training recipes, applied over a dataset's preset (and under the user's flags).

@@ -51,7 +51,8 @@ class DropState:
 
 def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
                      strategy: Strategy, epoch: int, warmup: int, epochs: int,
-                     stage_names: Sequence[str]) -> tuple[dict, DropState]:
+                     stage_names: Sequence[str],
+                     cut_rule: str = "sign-change") -> tuple[dict, DropState]:
   """Scores the head's conv stages and, for Freeze and Drop after the warm-up, decides.
 
   `sums` and `abs_sums` are the epoch's running sums (S and A of Eq. 2) of
@@ -67,7 +68,7 @@ def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
   if not (Strategy(strategy).decides and epoch >= warmup and not after_drop
           and epoch < epochs - 1 and len(p) > 1):
     return {"scores": record, "decision": None}, state
-  dec = scoring.decide(p, state.dropped_std_scores)
+  dec = scoring.decide(p, state.dropped_std_scores, cut_rule)
   decision = {"n_star": dec.n_star, "Mc": dec.median_candidates,
               "Md": dec.median_dropped, "drop": dec.drop}
   if dec.drop:

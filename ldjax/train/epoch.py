@@ -81,7 +81,7 @@ class Trainer:
     self.shapes = [c.output_shape for c in stage_costs]
     self.macs = [c.macs for c in stage_costs]
     self.net = programs.Net(tuple(model.stages), tuple(data.image_shape), tuple(self.shapes),
-                            tuple(data.mean), tuple(data.std))
+                            tuple(data.mean), tuple(data.std), cfg.precision)
     # Stores hold `views` maps per image, of the padded image with crop (`ldjax.data.augment`).
     self.augment = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape)
     self.view_net, self.view_macs = self.net, self.macs
@@ -100,7 +100,9 @@ class Trainer:
         directory=None if run_dir is None else run_dir.path / "features")
     self.step_fn: steps.Compiled | None = None
     self.compiled_for: tuple[int, int] | None = None   # (store_cut, cut) of `step_fn`
-    self.evaluator = Evaluator(self.net, data, cfg, self.variables)
+    self.evaluator = Evaluator(self.net, data.x_test, data.y_test, cfg, self.variables)
+    self.val_evaluator = None if data.x_val is None else Evaluator(
+        self.net, data.x_val, data.y_val, cfg, self.variables, split="val")
 
   @property
   def store(self) -> FeatureStore | None:
@@ -109,7 +111,10 @@ class Trainer:
   @property
   def eval_compile_s(self) -> float:
     """Seconds spent compiling evaluation programs so far (not part of T)."""
-    return self.evaluator.compile_s
+    return sum(e.compile_s for e in self._evaluators())
+
+  def _evaluators(self) -> list[Evaluator]:
+    return [e for e in (self.evaluator, self.val_evaluator) if e is not None]
 
   # -- programs ------------------------------------------------------------------
 
@@ -245,7 +250,8 @@ class Trainer:
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ldjax-compile")
     future = pool.submit(self.compile_step, step_cut, self.drop.cut)
     if new_store is not None:
-      self.evaluator.prefetch(pool, step_cut, self.variables, new_store)
+      for evaluator in self._evaluators():
+        evaluator.prefetch(pool, step_cut, self.variables, new_store)
     pool.shutdown(wait=False)   # its thread ends with the compiles
     return future
 
@@ -322,11 +328,12 @@ class Trainer:
 
   # -- evaluation and decisions --------------------------------------------------
 
-  def evaluate(self) -> dict:
-    """Test loss and accuracy of the whole model; for Drop, the dropped stages'
-    outputs are cached (see `ldjax.train.evaluation`)."""
+  def evaluate(self, split: str = "test") -> dict:
+    """Loss and accuracy of the whole model on the test set or the validation split
+    ("val"); for Drop, the dropped stages' outputs are cached (`ldjax.train.evaluation`)."""
     cut = self.drop.store_cut if self.strategy.caches else 0
-    return self.evaluator.evaluate(self.variables, cut, self.keeper.current)
+    evaluator = self.evaluator if split == "test" else self.val_evaluator
+    return evaluator.evaluate(self.variables, cut, self.keeper.current)
 
   def score_and_decide(self, scores: scoring.ScoreState, epoch: int) -> dict:
     """Scores the head's conv stages and updates the drop state (`decisions`)."""
@@ -334,5 +341,6 @@ class Trainer:
     sums, abs_sums = jax.device_get((scores.sum[:n_conv - cut], scores.abs_sum[:n_conv - cut]))
     record, self.drop = decisions.score_and_decide(
         sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=self.cfg.warmup,
-        epochs=self.cfg.epochs, stage_names=self.model.stage_names[cut:n_conv])
+        epochs=self.cfg.epochs, stage_names=self.model.stage_names[cut:n_conv],
+        cut_rule=self.cfg.cut_rule)
     return record

@@ -16,18 +16,20 @@ import jax
 import numpy as np
 
 from ldjax.data.batching import pad_rows
-from ldjax.data.datasets import Dataset
 from ldjax.runs.config import TrainConfig
 from ldjax.store.features import FeatureStore
 from ldjax.train import programs, steps
 
 
 class Evaluator:
-  """Evaluates a run's variables on the test set; owns the test-feature cache."""
+  """Evaluates a run's variables on one held-out split (`x`, `y`: the test set, or the
+  validation images held out of the training set); owns that split's feature cache.
+  Results are keyed "{split}_loss" and "{split}_accuracy"."""
 
-  def __init__(self, net: programs.Net, data: Dataset, cfg: TrainConfig, variables: list[dict]):
-    self.net, self.data, self.cfg = net, data, cfg
-    self.batch = min(cfg.eval_batch_size, len(data.x_test))
+  def __init__(self, net: programs.Net, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+               variables: list[dict], split: str = "test"):
+    self.net, self.x, self.y, self.cfg, self.split = net, x, y, cfg, split
+    self.batch = min(cfg.eval_batch_size, len(x))
     self.eval_fn = programs.evaluation(net, variables, 0, self.batch)
     self.compile_s = self.eval_fn.seconds   # all evaluation programs so far
     # Test-set outputs of stages [0, test_cut) and the head's evaluation from there.
@@ -46,7 +48,7 @@ class Evaluator:
     if cut > self.test_cut and self._fits(cut, store):
       self._extend_cache(cut, variables)
     if self.test_cut == 0:
-      return self._batches(self.eval_fn.fn, variables, self.data.x_test)
+      return self._batches(self.eval_fn.fn, variables, self.x)
     return self._batches(self.head_eval_fn.fn, variables[self.test_cut:], self.test_features)
 
   def prefetch(self, pool: concurrent.futures.Executor, stop: int, variables: list[dict],
@@ -57,20 +59,20 @@ class Evaluator:
       self._prefetched = key, pool.submit(self._compile, *key, programs.structs(variables))
 
   def _batches(self, fn, variables, x) -> dict:
-    y, bs = self.data.y_test, self.batch
+    y, bs = self.y, self.batch
     outs = []
     for i in range(0, len(x), bs):
       n = len(x[i:i + bs])
       outs.append(fn(variables, pad_rows(x[i:i + bs], bs), pad_rows(y[i:i + bs], bs),
                      np.arange(bs) < n))
     outs = jax.device_get(outs)
-    return {"test_loss": sum(float(o["loss"]) for o in outs) / len(x),
-            "test_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
+    return {f"{self.split}_loss": sum(float(o["loss"]) for o in outs) / len(x),
+            f"{self.split}_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
 
   def _fits(self, stop: int, store: FeatureStore | None) -> bool:
     """Whether float32 test features of stage stop-1 fit in --feature-memory-gb next to
     `store` (counted when it is held in memory)."""
-    nbytes = len(self.data.x_test) * int(np.prod(self.net.shapes[stop - 1])) * 4
+    nbytes = len(self.x) * int(np.prod(self.net.shapes[stop - 1])) * 4
     in_memory = 0 if store is None or not store.in_memory else store.nbytes
     return nbytes <= self.cfg.feature_memory_gb * (1 << 30) - in_memory
 
@@ -86,7 +88,7 @@ class Evaluator:
   def _extend_cache(self, stop: int, variables: list[dict]) -> None:
     """Extends the test-set features from stages [0, test_cut) to [0, stop)."""
     start, bs = self.test_cut, self.batch
-    x = self.data.x_test if start == 0 else self.test_features
+    x = self.x if start == 0 else self.test_features
     prefetched, self._prefetched = self._prefetched, None
     if prefetched is not None and prefetched[0] == (start, stop):
       t0 = time.perf_counter()

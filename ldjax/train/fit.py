@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import jax
 
-from ldjax.data.datasets import Dataset
+from ldjax.data.datasets import Dataset, hold_out
 from ldjax.models import costs
 from ldjax.models.staged import StagedModel, count_params
 from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
@@ -31,7 +31,7 @@ from ldjax.train.progress import progress_bar
 
 
 # The test metrics of an epoch that --eval-every skips.
-NO_EVAL = {"test_loss": None, "test_accuracy": None}
+NO_EVAL = {"test_loss": None, "test_accuracy": None, "val_loss": None, "val_accuracy": None}
 
 
 def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str) -> dict:
@@ -46,7 +46,9 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "momentum": cfg.momentum, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
           "schedule": cfg.schedule_name, "warmup_lr_epochs": cfg.warmup_lr_epochs,
           "label_smoothing": cfg.label_smoothing, "augment": cfg.augment,
-          "crop_pad": cfg.crop_pad, "seed": cfg.seed,
+          "crop_pad": cfg.crop_pad, "cut_rule": cfg.cut_rule, "val_size": cfg.val_size,
+          "precision": cfg.precision,
+          "test_every_epoch": cfg.test_every_epoch, "seed": cfg.seed,
           "feature_dtype": cfg.feature_dtype}
 
 
@@ -71,6 +73,8 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   """
   cfg.validate(len(data.x_train), data.image_shape)
   cfg.validate_strategies([strategy])
+  if cfg.val_size and data.x_val is None:
+    data = hold_out(data, cfg.val_size)
   if variables is None:
     variables = model.init(jax.random.key(cfg.seed), data.image_shape)
   trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
@@ -95,7 +99,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
         if on_epoch is not None:
           on_epoch(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", cut=trainer.drop.cut,
-                        **({} if ev is None else {"test": f"{ev['test_accuracy']:.2f}%"}))
+                        **_shown(ev))
   finally:   # a save in flight is committed even when the run stops
     if ckpt is not None:
       ckpt.close()
@@ -108,18 +112,15 @@ def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: dic
 
   Returns the epoch's metrics.jsonl record and the latest evaluation.
   """
-  cfg = trainer.cfg
   cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
   out = trainer.run_epoch(epoch, bar, should_stop, on_step)
   decided = trainer.score_and_decide(out.pop("scores"), epoch)
   t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
-  evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1
-  if evaluated:
-    ev = trainer.evaluate()
+  now = _evaluate(trainer, epoch)
+  ev = NO_EVAL | (ev or {}) | now   # the latest evaluation of each split
   times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
   cpu_s = out.pop("cpu_s")
-  rec = _epoch_record(trainer, epoch, cut, store_cut, out, ev if evaluated else NO_EVAL,
-                      times) | decided
+  rec = _epoch_record(trainer, epoch, cut, store_cut, out, NO_EVAL | now, times) | decided
   rec["cpu_s"] = cpu_s
   totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
   totals["train_cpu_s"] += cpu_s
@@ -127,6 +128,27 @@ def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: dic
   totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
   totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
   return rec, ev
+
+
+def _shown(ev: dict | None) -> dict:
+  """The progress bar's accuracy: validation if there is one, else test."""
+  for split in ("val", "test"):
+    if ev is not None and ev.get(f"{split}_accuracy") is not None:
+      return {split: f"{ev[f'{split}_accuracy']:.2f}%"}
+  return {}
+
+
+def _evaluate(trainer: Trainer, epoch: int) -> dict:
+  """The evaluations due after `epoch`: every --eval-every epochs and after the last,
+  the validation split if there is one (else the test set); the test set after the
+  last epoch, and with --test-every-epoch whenever the validation split is."""
+  cfg, last = trainer.cfg, epoch == trainer.cfg.epochs - 1
+  due = (epoch + 1) % cfg.eval_every == 0 or last
+  has_val = trainer.val_evaluator is not None
+  out = trainer.evaluate("val") if due and has_val else {}
+  if last or (due and (not has_val or cfg.test_every_epoch)):
+    out |= trainer.evaluate("test")
+  return out
 
 
 def _save(trainer: Trainer, ckpt: Checkpointer | None, rec: dict, meta: dict) -> None:
@@ -156,7 +178,9 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict) ->
   """The run's summary (written to summary.json); frees the store."""
   summary = {"strategy": trainer.strategy.value, "model": trainer.model.name,
              "dataset": trainer.data.name, "epochs": trainer.cfg.epochs,
-             "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"], **totals,
+             "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"],
+             "val_accuracy": ev.get("val_accuracy"), "val_size": trainer.cfg.val_size,
+             **totals,
              "drop_events": list(trainer.drop.events), "final_cut": trainer.drop.cut,
              "final_store_cut": trainer.drop.store_cut,
              "store_fallbacks": trainer.keeper.fallbacks,
@@ -216,6 +240,7 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
           epoch * trainer.steps_per_epoch)),
       "loss": out["loss"], "train_accuracy": out["train_accuracy"],
       "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"],
+      "val_loss": ev["val_loss"], "val_accuracy": ev["val_accuracy"],
       "time": times | {"epoch_s": sum(times.values())},
       "dropped_stages": cut, "stored_stages": forward_from,
       "trainable_params": count_params(trainer.variables[cut:]),

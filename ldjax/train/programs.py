@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import optax
 
-from ldjax.train import scoring, steps
+from ldjax.train import precision, scoring, steps
 
 
 def structs(tree):
@@ -36,10 +36,13 @@ class Net:
   shapes: tuple[tuple[int, ...], ...]   # output shape of each stage, without the batch
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  precision: str = "float32"            # of the matrix products (`ldjax.train.precision`)
 
   @property
-  def norm(self) -> dict:
-    return dict(mean=self.mean, std=self.std)
+  def static(self) -> dict:
+    """The static arguments every step shares: normalisation and compute dtype."""
+    return dict(mean=self.mean, std=self.std,
+                compute_dtype=precision.compute_dtype(self.precision))
 
   def input_struct(self, start: int, batch: int, dtype) -> jax.ShapeDtypeStruct:
     """A batch entering stage `start`: uint8 images at 0, else features of `dtype`."""
@@ -60,7 +63,7 @@ def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[d
       jax.ShapeDtypeStruct((batch,), np.int32), structs(jax.random.key(0)), np.int32(0),
       donate_argnums=(0, 1), head_stages=net.stages[cut:],
       frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut,
-      label_smoothing=label_smoothing, **net.norm)
+      label_smoothing=label_smoothing, **net.static)
 
 
 def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch: int, *,
@@ -69,7 +72,7 @@ def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch
   return steps.compile_fn(
       steps.extract_features, structs(list(variables[start:stop])),
       net.input_struct(start, batch, in_dtype), stages=net.stages[start:stop],
-      out_dtype=out_dtype, **net.norm)
+      out_dtype=out_dtype, **net.static)
 
 
 def evaluation(net: Net, variables: Sequence[dict], start: int, batch: int) -> steps.Compiled:
@@ -77,4 +80,4 @@ def evaluation(net: Net, variables: Sequence[dict], start: int, batch: int) -> s
   return steps.compile_fn(
       steps.eval_step, structs(list(variables[start:])),
       net.input_struct(start, batch, np.float32), jax.ShapeDtypeStruct((batch,), np.int32),
-      jax.ShapeDtypeStruct((batch,), np.bool_), stages=net.stages[start:], **net.norm)
+      jax.ShapeDtypeStruct((batch,), np.bool_), stages=net.stages[start:], **net.static)

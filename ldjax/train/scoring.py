@@ -9,7 +9,8 @@ notebook on numpy or jax arrays:
 - `aapd`: Eq. 1, the average absolute partial derivative per stage.
 - `layer_scores`: Eq. 2, P_l = 1 - sum_i |S_i| / sum_i A_i.
 - `standardize`: Eq. 3 (population standard deviation).
-- `find_cut`: Eq. 4, how many leading stages are candidates to drop.
+- `find_cut`: Eq. 4, how many leading stages are candidates to drop (the
+  first sign change; `find_cut_max_prefix` is the maximum-sum prefix).
 - `should_drop`: the median rule M_c >= M_d.
 - `decide`: the three above together, as run at the end of an epoch.
 
@@ -118,6 +119,24 @@ def find_cut(std_scores: Sequence[float]) -> int:
   return 0
 
 
+def find_cut_max_prefix(std_scores: Sequence[float]) -> int:
+  """The text's reading of Eq. 4: the length k of the prefix of maximum sum
+  ("the sub-vector of maximum sum starting from the first element").
+
+  k ranges over 1 .. len - 1 (the last stage is never a candidate, as in
+  `find_cut`); the shortest of equal sums wins; 0 when no prefix sums to > 0.
+  """
+  s = np.asarray(std_scores, np.float64)
+  if len(s) < 2:
+    return 0
+  sums = np.cumsum(s[:-1])
+  k = int(np.argmax(sums))
+  return k + 1 if sums[k] > 0 else 0
+
+
+CUT_RULES = {"sign-change": find_cut, "max-prefix": find_cut_max_prefix}
+
+
 def should_drop(candidate_std_scores: Sequence[float],
                 dropped_std_scores: Sequence[float]) -> bool:
   """The median rule: median(candidates) >= median(previously dropped).
@@ -141,11 +160,13 @@ class Decision(NamedTuple):
   drop: bool                # drop the n_star leading stages now
 
 
-def decide(scores: Sequence[float], dropped_std_scores: Sequence[float]) -> Decision:
-  """Eqs. 3-4 and the median rule on the head's conv-stage scores P (Eq. 2)."""
+def decide(scores: Sequence[float], dropped_std_scores: Sequence[float],
+           cut_rule: str = "sign-change") -> Decision:
+  """Eqs. 3-4 and the median rule on the head's conv-stage scores P (Eq. 2);
+  `cut_rule` names the reading of Eq. 4 (`CUT_RULES`)."""
   p = np.asarray(scores, np.float64)
   std = standardize(p)
-  n_star = find_cut(std)
+  n_star = CUT_RULES[cut_rule](std)
   cand = std[:n_star]
   mc = float(np.median(cand)) if n_star else None
   md = float(np.median(dropped_std_scores)) if len(dropped_std_scores) else None

@@ -28,8 +28,7 @@ import flax.linen as nn
 import optax
 
 from ldjax.models import costs
-from ldjax.models.staged import apply_stages
-from ldjax.train import scoring
+from ldjax.train import precision, scoring
 
 PyTree = Any
 
@@ -78,7 +77,7 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
                y: jax.Array, rng: jax.Array, *, head_stages: Sequence[nn.Module],
                frozen_stages: Sequence[nn.Module], tx: optax.GradientTransformation,
                mean: Sequence[float], std: Sequence[float], head_index: int = 0,
-               label_smoothing: float = 0.0):
+               label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32):
   """One optimizer step of the head. Returns (new state, metrics, per-stage gradients).
 
   `head_index` is the head's position in the whole model; it keys the
@@ -86,15 +85,16 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
   """
   h = prepare_input(x, mean, std)
   if frozen_stages:
-    h, _ = apply_stages(frozen_stages, frozen_variables, h, train=False)
+    h, _ = precision.apply(frozen_stages, frozen_variables, h, compute_dtype, train=False)
     h = jax.lax.stop_gradient(h)
   first = head_index
 
   def loss_fn(params):
     variables = merge_variables(params, state.batch_stats)
-    logits, new_vars = apply_stages(head_stages, variables, h, train=True, rng=rng,
-                                    first_index=first)
-    return cross_entropy(logits, y, label_smoothing), (logits, [v.get("batch_stats", {}) for v in new_vars])
+    logits, new_vars = precision.apply(head_stages, variables, h, compute_dtype, train=True,
+                                       rng=rng, first_index=first)
+    new_stats = [v.get("batch_stats", {}) for v in new_vars]
+    return cross_entropy(logits, y, label_smoothing), (logits, new_stats)
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_params, new_opt = [], []
@@ -124,16 +124,20 @@ def scored_train_step(state: TrainState, scores: scoring.ScoreState,
 
 def extract_features(variables: Sequence[dict], x: jax.Array, *,
                      stages: Sequence[nn.Module], mean: Sequence[float],
-                     std: Sequence[float], out_dtype: Any) -> jax.Array:
+                     std: Sequence[float], out_dtype: Any,
+                     compute_dtype: Any = jnp.float32) -> jax.Array:
   """Output of `stages` in inference mode (BatchNorm on running statistics)."""
-  h, _ = apply_stages(stages, variables, prepare_input(x, mean, std), train=False)
+  h, _ = precision.apply(stages, variables, prepare_input(x, mean, std), compute_dtype,
+                         train=False)
   return h.astype(out_dtype)
 
 
 def eval_step(variables: Sequence[dict], x: jax.Array, y: jax.Array, mask: jax.Array, *,
-              stages: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float]):
+              stages: Sequence[nn.Module], mean: Sequence[float], std: Sequence[float],
+              compute_dtype: Any = jnp.float32):
   """Summed loss and correct count of the full model over the unmasked examples."""
-  logits, _ = apply_stages(stages, variables, prepare_input(x, mean, std), train=False)
+  logits, _ = precision.apply(stages, variables, prepare_input(x, mean, std), compute_dtype,
+                              train=False)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
   correct = (jnp.argmax(logits, -1) == y) & mask
   return {"loss": jnp.sum(jnp.where(mask, losses, 0.0)), "correct": jnp.sum(correct)}
