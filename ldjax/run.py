@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from ldjax import cli
-from ldjax.errors import Interrupted, TrainingDiverged, UsageError
+from ldjax.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import compile_cache
+from ldjax.runs.checkpoint import DISK_FULL, mount_point
 from ldjax.runs.config import CUT_RULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, preset_for
 from ldjax.runs.workdir import ensure_writable
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
@@ -238,6 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     return 130
   except TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except CheckpointError as e:   # the last complete checkpoint is kept: --resume continues
+    print(e, file=sys.stderr)
+    return 1
+  except OSError as e:           # another write (metrics, summary) on a full disk
+    if e.errno not in DISK_FULL:
+      raise
+    where = mount_point(e.filename or args.workdir or ".")
+    what = f"writing {e.filename} failed" if e.filename else "a write failed"
+    print(f"no space left on {where}: {what}; free space and rerun with --resume",
+          file=sys.stderr)
     return 1
   if len(strategies) > 1:
     print((workdir / "comparison.md").read_text())

@@ -1,5 +1,7 @@
 """Tests of `ldjax.compile_cache`: where the cache goes, errors, and that runs use it."""
 
+import platform
+
 import jax
 import pytest
 
@@ -23,7 +25,26 @@ def test_resolve(monkeypatch, tmp_path):
   assert default.name == compile_cache.host_tag()
 
 
-def test_host_tag_is_stable():
+def cpuinfo(tmp_path, name, *processors):
+  path = tmp_path / name
+  path.write_text("\n".join(
+      f"processor\t: {i}\nmodel name\t: {model}\ncpu MHz\t\t: {mhz}\nflags\t\t: {flags}\n"
+      for i, (model, mhz, flags) in enumerate(processors)))
+  return path
+
+
+def test_host_tag_follows_the_cpu_model_and_flags_only(tmp_path):
+  tag = compile_cache.host_tag
+  base = tag(cpuinfo(tmp_path, "a", ("Xeon", "2100.0", "sse avx2"), ("Xeon", "2100.0", "sse avx2")))
+  # The clock and later processors do not change it: the same CPU gets the same directory.
+  assert tag(cpuinfo(tmp_path, "b", ("Xeon", "3400.5", "sse avx2"), ("Other", "1.0", "x"))) == base
+  # Another feature set or model is another directory (code compiled for AVX-512 must not
+  # reach a CPU without it).
+  assert tag(cpuinfo(tmp_path, "c", ("Xeon", "2100.0", "sse avx2 avx512f"))) != base
+  assert tag(cpuinfo(tmp_path, "d", ("EPYC", "2100.0", "sse avx2"))) != base
+  assert base.startswith(platform.machine() or "cpu")
+  # Without /proc/cpuinfo (not Linux) there is still a tag.
+  assert compile_cache.host_tag(tmp_path / "missing")
   assert compile_cache.host_tag() == compile_cache.host_tag()
 
 

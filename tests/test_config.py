@@ -123,7 +123,7 @@ def test_batch_larger_than_training_set():
     (["--cut-rule", "first"], "--cut-rule"), (["--feature-dtype", "f16"], "--feature-dtype"),
     (["--lr", "fast"], "--lr"), (["--epochs", "2.5"], "--epochs"),
     (["--val-size", "6000"], "--val-size"), (["--val-size", "5900"], "--val-size"),
-    (["--val-size", "0"], "--val-size")])
+    (["--val-size", "0"], "--val-size"), (["--precision", "fp16"], "--precision")])
 def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   workdir = tmp_path / "wd"
   code = run.main([*argv, "--workdir", str(workdir), "--no-progress",

@@ -12,8 +12,7 @@
   drop into a freeze, with a warning and nothing left on disk.
 - A loss that becomes NaN (out-of-range labels) stops the run with
   `ldjax.errors.TrainingDiverged`, keeps the last good checkpoint, and on the command
-  line exits 1 with one line. NaN features entering a conv stage are not
-  caught (a strict xfail documents it).
+  line exits 1 with one line; so do NaN features read from a store.
 - No module of ldjax unpickles anything.
 
 The training runs go through the subprocess job runner of `test_resume.py`
@@ -371,10 +370,10 @@ def test_nan_on_the_command_line_exits_1_with_one_line(fallback_runs):
 
 def test_nan_features_raise_training_diverged(fallback_runs):
   rec, saved = fallback_runs["nan_features"], fallback_runs["nan_features_checkpoint"]
-  assert rec["error"] is not None and rec["error"]["type"] in ("TrainingDiverged", "Stopped")
-  if rec["error"]["type"] == "Stopped":
-    raise ft.KnownBug(f"the epoch with NaN inputs ended normally; checkpoint {saved['epoch']} "
-                      f"holds {'finite' if saved['finite'] else 'NaN'} weights")
+  assert rec["error"] is not None, "the run with NaN features ended normally"
+  assert rec["error"]["type"] == "TrainingDiverged", (
+      f"the epoch with NaN inputs ended with {rec['error']['type']}; checkpoint "
+      f"{saved['epoch']} holds {'finite' if saved['finite'] else 'NaN'} weights")
 
 
 # -- only safe formats ------------------------------------------------------------------

@@ -37,11 +37,12 @@ OFF = "off"
 MIN_COMPILE_SECONDS = 0.1
 
 
-def host_tag() -> str:
-  """`machine-hash` of this host's CPU model and feature flags."""
+def host_tag(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+  """`machine-hash` of this host's CPU model and feature flags (of its first processor,
+  from `cpuinfo`; what changes while it runs, such as the clock, is left out)."""
   cpu = ""
   try:
-    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
       for line in f:
         if line.startswith(("model name", "flags", "Features", "CPU part")):
           cpu += line

@@ -11,10 +11,19 @@ read. On disk, writing goes to a temporary name; `finalize` computes per-chunk
 CRC32 checksums, renames the file into place and writes a JSON manifest
 (shape, dtype, stage range, checksums) by write-and-rename, so a half-written
 store is never mistaken for a complete one.
+
+The file's whole size is reserved on disk when the store is created, before
+the first write: a memory-mapped write into a sparse file on a full disk is
+a SIGBUS that kills the process, not an OSError. `os.posix_fallocate`
+reserves the blocks; where the filesystem does not support it, zeros are
+written instead (in `ZERO_CHUNK_BYTES` pieces). Without room the partial file
+is removed and the constructor raises OSError(ENOSPC) naming the bytes needed
+and the directory.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zlib
@@ -28,6 +37,10 @@ from ldjax.jsonio import write_json_atomic
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 CHUNK_BYTES = 64 << 20  # checksum granularity: a damaged chunk is found without reading all
+ZERO_CHUNK_BYTES = 16 << 20   # writes that reserve a store where posix_fallocate cannot
+# posix_fallocate's errors for "this filesystem cannot do it" (ENOTSUP is EOPNOTSUPP on Linux).
+NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def storage_dtype(name: str) -> np.dtype:
@@ -68,11 +81,27 @@ class FeatureStore:
     if self.in_memory:
       self._array = np.empty(self.shape, self.dtype)
     else:
+      self._create_file()
+
+  def _create_file(self) -> None:
+    """The memory-mapped temporary file, its whole size reserved on disk.
+
+    Raises OSError (ENOSPC when the disk is full) after removing the partial file.
+    """
+    disk_dtype = np.uint16 if self.dtype_name == "bfloat16" else self.dtype
+    try:
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      disk_dtype = np.uint16 if dtype == "bfloat16" else self.dtype
       self._memmap = np.lib.format.open_memmap(self._tmp_path, mode="w+", dtype=disk_dtype,
                                                shape=self.shape)
-      self._array = self._memmap.view(self.dtype)
+      reserve(self._tmp_path, start=self._memmap.offset)
+    except OSError as e:
+      self._memmap = None
+      self._tmp_path.unlink(missing_ok=True)
+      if e.errno in DISK_FULL:
+        raise OSError(e.errno, f"no space left on {self.path.parent}: "
+                      f"{self.nbytes / 1e6:.1f} MB needed for {self.path.name}") from e
+      raise
+    self._array = self._memmap.view(self.dtype)
 
   @classmethod
   def _opened(cls, array: np.ndarray, dtype: str, stage_range: Sequence[int], path: Path,
@@ -124,6 +153,45 @@ class FeatureStore:
       for p in (self.path, self._tmp_path, self.manifest_path):
         if p.exists():
           p.unlink()
+
+
+def reserve(path: str | os.PathLike, start: int = 0) -> None:
+  """Allocates every block of bytes [start, end) of the file at `path`, so that
+  later writes there through a memory map cannot hit a full disk.
+
+  Uses posix_fallocate; where the filesystem does not support it, writes
+  zeros over those bytes (the file's data before `start`, e.g. a header, is
+  kept). Raises OSError (ENOSPC) when the disk is full.
+  """
+  fd = os.open(path, os.O_RDWR)
+  try:
+    size = os.fstat(fd).st_size
+    if size > start:
+      _allocate(fd, start, size)
+  finally:
+    os.close(fd)
+
+
+def _allocate(fd: int, start: int, stop: int) -> None:
+  """posix_fallocate of bytes [start, stop), or zeros written where the filesystem
+  (or the platform: macOS has no posix_fallocate) does not support it."""
+  try:
+    os.posix_fallocate(fd, start, stop - start)
+  except AttributeError:
+    _write_zeros(fd, start, stop)
+  except OSError as e:
+    if e.errno not in NO_FALLOCATE:
+      raise
+    _write_zeros(fd, start, stop)
+
+
+def _write_zeros(fd: int, start: int, stop: int) -> None:
+  """Writes zeros over bytes [start, stop) of `fd` and syncs them to the disk."""
+  zeros = memoryview(bytes(min(ZERO_CHUNK_BYTES, stop - start)))
+  offset = start
+  while offset < stop:
+    offset += os.pwrite(fd, zeros[:min(len(zeros), stop - offset)], offset)
+  os.fsync(fd)
 
 
 class StoreError(Exception):

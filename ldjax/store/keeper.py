@@ -24,7 +24,8 @@ import numpy as np
 
 from ldjax.data.batching import pad_rows
 from ldjax.errors import UsageError
-from ldjax.store.features import FeatureStore, StoreError, open_store, storage_dtype
+from ldjax.store.features import (DISK_FULL, FeatureStore, StoreError, open_store,
+                                  storage_dtype)
 
 # (batch index, rows extracted before it) -> None; may raise to stop the extraction.
 OnBatch = Callable[[int, int], None]
@@ -66,13 +67,17 @@ class StoreKeeper:
       needed = nbytes * 1.05 + self.disk_reserve_bytes
       if needed > free:
         return self._cannot_store(
-            stop, f"{nbytes / 1e9:.2f} GB needed (plus {self.disk_reserve_bytes / 1e9:.2f} GB "
-            f"for checkpoints), {free / 1e9:.2f} GB free on disk")
-    try:
+            stop, f"no space left on {self.directory}: {nbytes / 1e9:.2f} GB needed (plus "
+            f"{self.disk_reserve_bytes / 1e9:.2f} GB for checkpoints), {free / 1e9:.2f} GB "
+            "free on disk")
+    try:   # a disk store reserves its space here: a full disk is an OSError, not a SIGBUS
       return FeatureStore(self.num_examples, self.stage_shapes[stop - 1], self.dtype_name,
                           (0, stop), directory=self.directory,
                           memory_budget_bytes=self.memory_budget_bytes)
-    except (OSError, MemoryError) as e:
+    except OSError as e:   # ENOSPC's message already says "no space left on <directory>"
+      return self._cannot_store(stop, (e.errno in DISK_FULL and e.strerror) or str(e)
+                                or type(e).__name__)
+    except MemoryError as e:
       return self._cannot_store(stop, str(e) or type(e).__name__)
 
   def _cannot_store(self, stop: int, why: str) -> None:
