@@ -4,7 +4,9 @@
 the figures, each group's comparison table), report.json (the tables) and
 the figures of `ldjax.reporting.plots`. Runs are grouped by (network,
 dataset, width, seed); over seeds of the same (network, dataset, width) the
-tables give mean and standard deviation.
+tables give mean and standard deviation. `report_comparison` also (re)writes a
+comparison directory's comparison.md / comparison.json from its run
+directories, so that they carry each strategy's time to accuracy.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 from ldjax.strategy import display_name
 from ldjax.errors import UsageError
+from ldjax.jsonio import write_json_atomic
 from ldjax.reporting import plots
-from ldjax.reporting.comparison import comparison_markdown
+from ldjax.reporting.comparison import comparison, comparison_markdown
 from ldjax.reporting.runs import Run, load_runs
 from ldjax.reporting.tables import md_row, tables, tables_markdown
 
@@ -66,6 +69,23 @@ def write_report(runs: Sequence[Run], out_dir: str | Path) -> list[Path]:
   return [md, js, *(p for p, _ in figures)]
 
 
+def write_comparison(runs: Sequence[Run], workdir: str | Path) -> dict:
+  """comparison.json / comparison.md of runs made side by side, from their directories.
+
+  The same table as `ldjax.train.compare` writes from the summaries, with the
+  time to accuracy that needs each run's metrics.jsonl records.
+  """
+  workdir = Path(workdir)
+  table = comparison({r.strategy: r.summary for r in runs}, network=runs[0].network,
+                     dataset=runs[0].dataset, records={r.strategy: r.metrics for r in runs})
+  write_json_atomic(workdir / "comparison.json", table)
+  (workdir / "comparison.md").write_text(comparison_markdown(table))
+  return table
+
+
 def report_comparison(workdir: str | Path) -> list[Path]:
-  """The report of a comparison run, written into its work directory."""
-  return write_report(load_runs([workdir]), workdir)
+  """The comparison table and the report of a comparison run, written into its work directory."""
+  runs = load_runs([workdir])
+  if len({r.key for r in runs}) == 1 and len(runs) > 1:
+    write_comparison(runs, workdir)
+  return write_report(runs, workdir)

@@ -8,7 +8,8 @@ import numpy as np
 
 from ldjax.strategy import display_name, rank
 from ldjax.errors import UsageError
-from ldjax.reporting.comparison import cell, comparison, reduction
+from ldjax.reporting.comparison import (SPLIT_NAMES, TARGET_POINTS, cell, comparison, reduction,
+                                        target_cell)
 from ldjax.reporting.runs import Run
 
 
@@ -46,23 +47,27 @@ def _ids(key: tuple) -> dict:
 def tables(runs: Sequence[Run]) -> dict:
   """Tables 1/2 and 3 per (network, dataset, width, seed), and over seeds.
 
-  table1: per group {strategy: compare.comparison's row (T_min, A_pct, dT_pct, ...)};
+  table1: per group {strategy: compare.comparison's row (T_min, A_pct, dT_pct,
+  T_target_min, target_reached, ...)} and the group's time-to-accuracy
+  `target` (None without an SGD run);
   table3: per group with both sgd and drop, forward MACs per example per epoch
   (mean over epochs) and over the run, their reduction, the reduction of
   training MACs (forward + backward, what bounds the time saved) and the
   measured dT. The *_seeds tables give {mean, std, n} over the seeds of a
-  (network, dataset, width) that has more than one; dT is taken per seed
-  against that seed's SGD run, then averaged.
+  (network, dataset, width) that has more than one; dT and the time to
+  accuracy are taken per seed against that seed's SGD run, then averaged (the
+  latter over the seeds that reached the target, `never` counting the others).
   """
   groups = _by_key(runs)
   strategies = sorted({r.strategy for r in runs}, key=rank)
   t1, t3, comparisons = [], [], []
   for key, by_s in groups.items():
-    table = comparison({s: r.summary for s, r in by_s.items()}, network=key[0], dataset=key[1])
+    table = comparison({s: r.summary for s, r in by_s.items()}, network=key[0], dataset=key[1],
+                       records={s: r.metrics for s, r in by_s.items()})
     table["width"], table["seed"] = key[2], key[3]
     comparisons.append(table)
     rows = {row["strategy"]: row for row in table["rows"]}
-    t1.append(_ids(key) | {"strategies": rows})
+    t1.append(_ids(key) | {"strategies": rows, "target": table["target"]})
     if "sgd" in rows and "drop" in rows:
       per_epoch = {s: float(np.mean([m["forward_macs"] for m in by_s[s].metrics])) / 1e6
                    for s in ("sgd", "drop")}
@@ -78,10 +83,23 @@ def tables(runs: Sequence[Run]) -> dict:
   return {"strategies": strategies, "table1": t1, "table3": t3,
           "table1_seeds": _over_seeds(t1, lambda row: {
               s: {f: _stats(r["strategies"].get(s, {}).get(f) for r in row)
-                  for f in ("T_min", "A_pct", "dT_pct")} for s in strategies}),
+                  for f in ("T_min", "A_pct", "dT_pct")}
+              | {"T_target_min": _target_stats(r["strategies"].get(s, {}) for r in row)}
+              for s in strategies}),
           "table3_seeds": _over_seeds(t3, lambda row: {
               f: _stats(r[f] for r in row) for f in TABLE3_FIELDS}),
           "comparisons": comparisons}
+
+
+def _target_stats(rows: Iterable[dict]) -> dict | None:
+  """Time to accuracy over seeds: _stats of the seeds that reached it, and `never`, how
+  many did not; None if no seed has a target."""
+  rows = [r for r in rows if "target_reached" in r]
+  if not rows:
+    return None
+  reached = _stats(r["T_target_min"] for r in rows if r["target_reached"])
+  return (reached or {"mean": None, "std": None, "n": 0}) | {
+      "never": sum(not r["target_reached"] for r in rows)}
 
 
 def _over_seeds(rows: list[dict], stats: Callable[[list[dict]], dict]) -> list[dict]:
@@ -117,8 +135,23 @@ def _head(cols: Sequence[str], n_text: int) -> list[str]:
   return [md_row(cols), md_row(["---"] * n_text + ["---:"] * (len(cols) - n_text))]
 
 
-def tables_markdown(t: dict) -> str:
-  """Markdown of `tables(...)`: Tables 1/2, Table 3, and their means over seeds."""
+def _target_text(target: dict | None) -> str:
+  """The Target cell: the accuracy to reach and on which split, e.g. "86.10 test"."""
+  return "-" if target is None else f"{target['target_pct']:.2f} {SPLIT_NAMES[target['field']]}"
+
+
+def _target_ms(stat: dict | None) -> str:
+  """Time to accuracy over seeds: mean ± std of the seeds that reached it, "never" if none."""
+  if stat is None:
+    return "-"
+  if not stat["n"]:
+    return "never"
+  never = f" (never in {stat['never']} of {stat['n'] + stat['never']})" if stat["never"] else ""
+  return _ms(stat) + never
+
+
+def _table1_markdown(t: dict) -> list[str]:
+  """Tables 1/2 (T, A, dT per strategy, then time to accuracy) and their means over seeds."""
   strategies, base = t["strategies"], "sgd" in t["strategies"]
   cols = []
   for s in strategies:
@@ -126,20 +159,39 @@ def tables_markdown(t: dict) -> str:
     if base and s != "sgd":
       cols.append((s, "dT_pct", "dT (%)"))
   names = [f"{display_name(s)} {label}" for s, _, label in cols]
+  tta = any(r["target"] for r in t["table1"])
+  tta_names = (["Target (%)"] + [f"{display_name(s)} T to target (min)" for s in strategies]
+               if tta else [])
   out = ["### Training time and accuracy (Tables 1/2)", "",
-         *_head(["Network", "Dataset", "Width", "Seed", *names], 4)]
+         *_head(["Network", "Dataset", "Width", "Seed", *names, *tta_names], 4)]
   for r in t["table1"]:
+    by_s = r["strategies"]
     out.append(md_row([r["network"], r["dataset"], r["width"], r["seed"],
-                     *(cell(r["strategies"].get(s, {}).get(f)) for s, f, _ in cols)]))
+                       *(cell(by_s.get(s, {}).get(f)) for s, f, _ in cols),
+                       *([_target_text(r["target"])] if tta else []),
+                       *(target_cell(by_s.get(s, {})) for s in strategies if tta)]))
   if t["table1_seeds"]:
     out += ["", "Mean ± standard deviation over seeds:", "",
-            *_head(["Network", "Dataset", "Width", "Seeds", *names], 4)]
+            *_head(["Network", "Dataset", "Width", "Seeds", *names, *tta_names[1:]], 4)]
     for r in t["table1_seeds"]:
+      st = r["stats"]
       out.append(md_row([r["network"], r["dataset"], r["width"], len(r["seeds"]),
-                       *(_ms(r["stats"][s][f]) for s, f, _ in cols)]))
+                         *(_ms(st[s][f]) for s, f, _ in cols),
+                         *(_target_ms(st[s]["T_target_min"]) for s in strategies if tta)]))
   out += ["", "T: training time in minutes (training steps, feature extraction and storing, "
           "compilation; test evaluation excluded), warm-up included. A: final test accuracy. "
-          "dT = (T_SGD - T) / T_SGD x 100 (Eq. 5), against the SGD run of the same seed.", ""]
+          "dT = (T_SGD - T) / T_SGD x 100 (Eq. 5), against the SGD run of the same seed."]
+  if tta:
+    out[-1] += (f" T to target: T at the end of the first epoch whose accuracy reached the "
+                f"Target, the same seed's final SGD accuracy minus {TARGET_POINTS:g} points, "
+                "on the validation split when the runs have one, else on the test set; never: "
+                "not reached; -: no SGD run. Over seeds: the mean of the seeds that reached it.")
+  return out + [""]
+
+
+def tables_markdown(t: dict) -> str:
+  """Markdown of `tables(...)`: Tables 1/2, Table 3, and their means over seeds."""
+  out = _table1_markdown(t)
   out += ["### Forward MACs, SGD vs Dropping (Table 3)", ""]
   if not t["table3"]:
     return "\n".join(out + ["No group has both an sgd and a drop run.", ""])

@@ -15,10 +15,9 @@ from pathlib import Path
 import jax
 
 from ldjax.data.datasets import Dataset, load_dataset
-from ldjax.jsonio import read_json, write_json_atomic
+from ldjax.jsonio import read_json
 from ldjax.models.staged import StagedModel
 from ldjax.models.zoo import build_model
-from ldjax.reporting.comparison import comparison, comparison_markdown
 from ldjax.reporting.report import report_comparison
 from ldjax.runs import compile_cache
 from ldjax.runs.config import TrainConfig
@@ -73,10 +72,7 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     summaries[strategy] = summary
     log(f"{strategy}: test accuracy {summary['test_accuracy']:.2f}%, "
         f"training time {summary['train_time_s']:.1f} s, drops {summary['drop_events']}")
-  if len(strategies) > 1:
-    table = comparison(summaries, network=model.name, dataset=data.name)
-    write_json_atomic(workdir / "comparison.json", table)
-    (workdir / "comparison.md").write_text(comparison_markdown(table))
+  if len(strategies) > 1:   # comparison.md / .json (with time to accuracy), figures, report
     report_comparison(workdir)
   return summaries
 
