@@ -12,10 +12,12 @@ Stage boundaries:
 
 Input-size rules (documented in README): inputs under 128 px use the usual
 small-image design (ResNet: 3x3 stride-1 stem, no max-pool; VGG: ceil-mode
-pools so 28 px reaches 1x1, and a 512-wide classifier), inputs of 128 px and
-more use the ImageNet design (ResNet: 7x7 stride-2 stem + max-pool; VGG:
-torchvision's 4096-wide classifier on the flattened last map), which at
-224x224x3 and 1000 classes has exactly torchvision's parameter counts.
+pools so 28 px reaches 1x1, and a 512-wide classifier initialised lecun-normal,
+see `ldjax.models.layers.small_dense_init`), inputs of 128 px and more use the
+ImageNet design (ResNet: 7x7 stride-2 stem + max-pool; VGG: torchvision's
+4096-wide classifier on the flattened last map, initialised N(0, 0.01) as
+torchvision does), which at 224x224x3 and 1000 classes has exactly
+torchvision's parameter counts.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import flax.linen as nn
 
 from ldjax.errors import UsageError
 from ldjax.models.layers import (BasicBlock, BottleneckBlock, DenseStage, PoolClassifier,
-                                 ResNetStem, VGGConvStage)
+                                 ResNetStem, VGGConvStage, small_dense_init, vgg_dense_init)
 from ldjax.models.staged import StagedModel
 
 IMAGENET_STEM_MIN_SIZE = 128
@@ -67,9 +69,10 @@ def vgg(name: str, input_shape: Sequence[int], num_classes: int, *, width: float
                                ceil_pool=not imagenet))
     names.append(f"conv{len(names) + 1}")
   hidden = _scaled(4096 if imagenet else 512, width)
-  stages += [DenseStage(hidden, dropout=dropout, flatten=True),
-             DenseStage(hidden, dropout=dropout),
-             DenseStage(num_classes, relu=False)]
+  init = vgg_dense_init if imagenet else small_dense_init
+  stages += [DenseStage(hidden, dropout=dropout, flatten=True, kernel_init=init),
+             DenseStage(hidden, dropout=dropout, kernel_init=init),
+             DenseStage(num_classes, relu=False, kernel_init=init)]
   names += ["fc1", "fc2", "fc3"]
   suffix = "_bn" if batch_norm else ""
   return StagedModel(name + suffix, tuple(stages), tuple(names), num_dense=3)
