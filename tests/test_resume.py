@@ -53,7 +53,7 @@ SUBPROCESS_TIMEOUT = 400
 #   fit: workdir (null: no run directory), resume, strategy, cfg (TrainConfig
 #        fields); fault injection: kill_at [epoch, step] (SIGKILL from on_step),
 #        kill_in_save k (SIGKILL inside orbax's rename of checkpoint step k),
-#        disk_free (bytes free that shutil.disk_usage reports to the store keeper),
+#        disk_free (bytes free that shutil.disk_usage reports for the store's directory),
 #        write_fail_after n (FeatureStore.write raises ENOSPC after n calls),
 #        nan_from [epoch, step] (stored features read from then on hold a NaN),
 #        bad_labels_at [epoch, step] (from then on every label is out of range,
@@ -152,9 +152,9 @@ def apply_patches(job, stack, nan):
   if job.get("disk_free") is not None:
     usage, free = shutil.disk_usage, job["disk_free"]
 
-    def tiny(path):
+    def tiny(path):   # the store's directory only: checkpoints check their own free space
       u = usage(path)
-      return type(u)(u.total, u.used, free)
+      return type(u)(u.total, u.used, free) if Path(path).name == "features" else u
     stack.enter_context(patched(shutil, "disk_usage", tiny))
   if job.get("write_fail_after") is not None:
     calls, write = {"n": 0}, FeatureStore.write
