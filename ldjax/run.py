@@ -26,7 +26,8 @@ from ldjax.errors import CheckpointError, Interrupted, TrainingDiverged, UsageEr
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import compile_cache
 from ldjax.runs.checkpoint import DISK_FULL, mount_point
-from ldjax.runs.config import CUT_RULES, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, preset_for
+from ldjax.runs.config import (CUT_RULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
+                               TrainConfig, preset_for)
 from ldjax.runs.workdir import ensure_writable
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
 from ldjax.train import compare
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
          "(what the figures use); the test set is then evaluated after the last epoch only")
   a("--test-every-epoch", action="store_true",
     help="with --val-size: evaluate the test set whenever the validation split is, too")
-  a("--precision", default=None, choices=("float32", "bfloat16"),
+  a("--precision", default=None, choices=PRECISIONS,
     help="of convolutions and dense layers: float32 (default) or bfloat16 (weights, "
          "optimizer state, BatchNorm statistics, gradients and scores stay float32)")
   a("--seed", type=int, default=0, help="seed of the initial weights, data order and dropout (default: 0)")

@@ -360,3 +360,9 @@ def test_decide_takes_the_cut_rule():
   std = scoring.standardize(scores)
   assert scoring.decide(scores, []).n_star == scoring.find_cut(std) == 1
   assert scoring.decide(scores, [], "max-prefix").n_star == scoring.find_cut_max_prefix(std) == 3
+
+
+def test_config_names_every_cut_rule():
+  """runs.config lists the rules by name (scoring stays pure: it imports nothing of ldjax)."""
+  from ldjax.runs.config import CUT_RULES
+  assert tuple(scoring.CUT_RULES) == CUT_RULES

@@ -84,9 +84,13 @@ class Augment:
         (n, 2), np.int64)
     return Draws(self, flips, offsets)
 
-  def pad_images(self, x: np.ndarray) -> np.ndarray:
+  def views_of(self, images: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """The views of `images` before the crop: padded with `crop`, mirrored where
+    `mirrored` (bool per image) with `flip`."""
     p = self.pad
-    return np.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+    views = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0))) if p else images
+    return np.where(mirrored[:, None, None, None], views[:, :, ::-1], views) if self.flip \
+        else views
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +109,8 @@ class Draws:
     batch = x[idx]
     if self.augment == Augment():
       return batch
-    h, w = batch.shape[1:3]
-    views = self.augment.pad_images(batch)
-    views = np.where(self.flips[idx][:, None, None, None], views[:, :, ::-1], views)
-    return window(views, self.offsets[idx], (h, w))
+    views = self.augment.views_of(batch, self.flips[idx])
+    return window(views, self.offsets[idx], batch.shape[1:3])
 
   def features(self, stored: np.ndarray, idx: np.ndarray, size: tuple[int, int],
                image_size: tuple[int, int]) -> np.ndarray:
@@ -142,6 +144,4 @@ class ViewSource:
 
   def __getitem__(self, rows: np.ndarray) -> np.ndarray:
     n = len(self.images)
-    views = self.augment.pad_images(self.images[rows % n])
-    mirrored = (rows >= n)[:, None, None, None]
-    return np.where(mirrored, views[:, :, ::-1], views) if self.augment.flip else views
+    return self.augment.views_of(self.images[rows % n], rows >= n)

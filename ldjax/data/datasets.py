@@ -150,6 +150,13 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
 VAL_SEED = 1   # the held-out images do not depend on --seed: every seed validates on the same
 
 
+def check_val_size(size: int, num_train: int) -> None:
+  """UsageError unless holding `size` of `num_train` training examples out leaves some."""
+  if not 0 < size < num_train:
+    raise UsageError(f"--val-size {size} leaves no training data ({num_train} training "
+                     f"examples); use a value in [1, {num_train - 1}]")
+
+
 def hold_out(data: Dataset, size: int) -> Dataset:
   """`data` with `size` training examples moved to a validation split (`x_val`, `y_val`).
 
@@ -158,9 +165,7 @@ def hold_out(data: Dataset, size: int) -> Dataset:
   left; mean and std are recomputed on those.
   """
   n = len(data.x_train)
-  if not 0 < size < n:
-    raise UsageError(f"--val-size {size} leaves no training data ({n} training examples); "
-                     f"use a value in [1, {n - 1}]")
+  check_val_size(size, n)
   val = np.zeros(n, bool)
   val[np.random.default_rng(VAL_SEED).permutation(n)[:size]] = True
   x_train, y_train = data.x_train[~val], data.y_train[~val]

@@ -12,6 +12,7 @@ import math
 import numbers
 
 from ldjax.data import augment
+from ldjax.data.datasets import check_val_size
 from ldjax.errors import UsageError
 from ldjax.strategy import Strategy
 
@@ -82,7 +83,7 @@ class TrainConfig:
     self._validate_recipe()
     _check_choice(self.augment, "--augment", augment.NAMES)
     _check_choice(self.cut_rule, "--cut-rule", CUT_RULES)
-    _check_choice(self.precision, "--precision", ("float32", "bfloat16"))
+    _check_choice(self.precision, "--precision", PRECISIONS)
     if self.crop_pad is not None:
       _check_int(self.crop_pad, "--crop-pad", "an integer > 0 (or unset)", lambda v: v > 0)
     if image_shape is not None:
@@ -98,9 +99,8 @@ class TrainConfig:
                  lambda v: v > 0)
     if self.val_size is not None:
       _check_int(self.val_size, "--val-size", "an integer > 0 (or unset)", lambda v: v > 0)
-      if num_train is not None and self.val_size >= num_train:
-        raise UsageError(f"--val-size {self.val_size} leaves no training data ({num_train} "
-                         f"training examples); use a value in [1, {num_train - 1}]")
+      if num_train is not None:
+        check_val_size(self.val_size, num_train)
       if num_train is not None and num_train - self.val_size < self.batch_size:
         raise UsageError(f"--val-size {self.val_size} leaves {num_train - self.val_size} "
                          f"training examples, fewer than --batch-size {self.batch_size}")
@@ -160,6 +160,7 @@ def _check_int(value, flag: str, expected: str, in_range) -> None:
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 CUT_RULES = ("sign-change", "max-prefix")   # ldjax.train.scoring.CUT_RULES
+PRECISIONS = ("float32", "bfloat16")         # ldjax.train.precision
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 # Training recipes, applied over a dataset's preset (and under the user's flags).

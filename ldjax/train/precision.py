@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from ldjax.models.staged import apply_stages
+from ldjax.runs.config import PRECISIONS
 
-PRECISIONS = ("float32", "bfloat16")
+__all__ = ["PRECISIONS", "apply", "compute_dtype", "matmuls_in"]
 
 
 def compute_dtype(precision: str):
