@@ -9,6 +9,11 @@ line and the store's fill both see them here, with no import cycle.
 `CheckpointError` (exit status 1) comes from `ldjax.runs.checkpoint`.
 """
 
+import errno
+
+# The errnos of a full disk (or quota), wherever a write meets one.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class UsageError(ValueError):
   """Bad input from the user: a one-line, actionable message."""

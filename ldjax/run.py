@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from ldjax import cli
-from ldjax.errors import CheckpointError, Interrupted, TrainingDiverged, UsageError
+from ldjax.errors import DISK_FULL, CheckpointError, Interrupted, TrainingDiverged, UsageError
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import compile_cache
-from ldjax.runs.checkpoint import DISK_FULL, mount_point
+from ldjax.runs.checkpoint import mount_point
 from ldjax.runs.config import (CUT_RULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
                                TrainConfig, preset_for)
 from ldjax.runs.workdir import ensure_writable

@@ -50,10 +50,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ldjax.errors import CheckpointError, UsageError
+from ldjax.errors import DISK_FULL, CheckpointError, UsageError
 
 KEEP = 3  # last checkpoints kept
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # How a full disk reads inside the messages of orbax's (tensorstore's) errors.
 DISK_FULL_TEXT = tuple(os.strerror(e) for e in DISK_FULL)
 TMP_MARK = ".orbax-checkpoint-tmp"   # in the name of a step's directory until it is committed

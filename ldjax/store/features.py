@@ -33,6 +33,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from ldjax.errors import DISK_FULL
 from ldjax.jsonio import write_json_atomic
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -40,7 +41,6 @@ CHUNK_BYTES = 64 << 20  # checksum granularity: a damaged chunk is found without
 ZERO_CHUNK_BYTES = 16 << 20   # writes that reserve a store where posix_fallocate cannot
 # posix_fallocate's errors for "this filesystem cannot do it" (ENOTSUP is EOPNOTSUPP on Linux).
 NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def storage_dtype(name: str) -> np.dtype:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ldjax.data.batching import pad_rows
-from ldjax.errors import UsageError
-from ldjax.store.features import (DISK_FULL, FeatureStore, StoreError, open_store,
+from ldjax.errors import DISK_FULL, UsageError
+from ldjax.store.features import (FeatureStore, StoreError, open_store,
                                   storage_dtype)
 
 # (batch index, rows extracted before it) -> None; may raise to stop the extraction.
