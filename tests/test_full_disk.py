@@ -241,3 +241,40 @@ def test_checkpoint_on_a_full_disk_stops_cleanly_and_resumes(small_fs, reference
               "test_accuracy", "test_loss"):
     assert got[key] == want[key], key
   assert got["param_l2"] == pytest.approx(want["param_l2"], rel=1e-6)
+
+
+# -- what orbax's failed writes leave behind ------------------------------------------
+
+LEFTOVER = ("import asyncio, gc, sys\n"
+            "from ldjax.runs import checkpoint\n"
+            "checkpoint._ignore_failed_write_leftovers()\n"
+            "async def main():\n"
+            "  f = asyncio.get_running_loop().create_future()\n"
+            "  f.set_exception(ValueError(sys.argv[1]))\n"
+            "  del f\n"
+            "  gc.collect()\n"
+            "asyncio.run(main())\n"
+            "class Leftover:\n"
+            "  def __del__(self):\n"
+            "    raise ValueError(sys.argv[1])\n"
+            "Leftover()\n"
+            "print('done')\n")
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("RESOURCE_EXHAUSTED: Error writing local file: No space left on device "
+     "[os_error_code='28']", False),
+    ("some other failure", True)])
+def test_unretrieved_full_disk_errors_are_not_printed(message, shown):
+  """A future failed by tensorstore with a full disk and never awaited (asyncio's
+  "Future exception was never retrieved", no orbax file in its text and no
+  traceback: a bare "ValueError: RESOURCE_EXHAUSTED ..." line after the run's
+  own one line), or such an error raised where nobody can catch it, prints
+  nothing; any other error still prints."""
+  r = subprocess.run([sys.executable, "-c", LEFTOVER, message], capture_output=True, text=True,
+                     env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+  assert r.returncode == 0 and r.stdout.strip() == "done", r.stderr
+  assert (message in r.stderr) == shown, r.stderr
+  if shown:
+    assert "Future exception was never retrieved" in r.stderr
+    assert "Exception ignored in" in r.stderr

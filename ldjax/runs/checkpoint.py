@@ -25,7 +25,8 @@ again and the last complete checkpoint stays the latest. Orbax logs that
 error with tracebacks from its threads (left out while a `Checkpointer` is
 open), and the writes still in flight end in orbax's closed event loop,
 each printing "RuntimeError: Event loop is closed" through
-`sys.unraisablehook` or asyncio's "Task exception was never retrieved";
+`sys.unraisablehook` or asyncio's "Task (or Future) exception was never
+retrieved";
 from the first `Checkpointer` on, those leftovers of orbax's writes are not
 printed (`_ignore_failed_write_leftovers`): the error reaches the caller
 in its one line.
@@ -193,7 +194,7 @@ class _QuietOrbaxErrors(logging.Filter):
 def _ignore_failed_write_leftovers() -> None:
   """Installs (once) what keeps the leftovers of a failed orbax write from printing:
   an unraisable hook that drops tensorstore's callbacks into a closed asyncio
-  loop, and a filter on asyncio's log for orbax's tasks whose error nobody
+  loop and full-disk errors nobody retrieved, and a filter on asyncio's log for orbax's tasks whose error nobody
   retrieved (the first error of the write reaches the caller)."""
   previous = sys.unraisablehook
   if getattr(previous, "ldjax_closed_loop", False):
@@ -201,7 +202,9 @@ def _ignore_failed_write_leftovers() -> None:
   logging.getLogger("asyncio").addFilter(_unretrieved_orbax_task)
 
   def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable):
+    error = unraisable.exc_value
+    if not (_is_closed_loop_callback(unraisable)
+            or (error is not None and is_disk_full(error))):
       previous(unraisable)
   hook.ldjax_closed_loop = True
   sys.unraisablehook = hook
@@ -221,10 +224,16 @@ def _is_closed_loop_callback(unraisable) -> bool:
 
 
 def _unretrieved_orbax_task(record: logging.LogRecord) -> bool:
-  """False (leave out) for asyncio's "Task exception was never retrieved" of an orbax task."""
+  """False (leave out) for asyncio's "Task (or Future) exception was never retrieved"
+  of an orbax task, or of a future that tensorstore failed with a full disk (such a
+  future names no orbax file, and its exception has no traceback: it prints as a
+  bare "ValueError: RESOURCE_EXHAUSTED ..." line)."""
   message = record.getMessage()
-  return not (message.startswith("Task exception was never retrieved")
-              and f"{os.sep}orbax{os.sep}" in message)
+  if not message.startswith(("Task exception was never retrieved",
+                             "Future exception was never retrieved")):
+    return True
+  error = record.exc_info[1] if record.exc_info else None
+  return not (f"{os.sep}orbax{os.sep}" in message or (error is not None and is_disk_full(error)))
 
 
 def is_disk_full(e: BaseException) -> bool:
