@@ -251,3 +251,45 @@ def test_report_comparison_writes_into_workdir(tmp_path, monkeypatch):
   assert report.report_comparison(cmp_dir) == []
   [(runs, out)] = calls
   assert [r.strategy for r in runs] == ["sgd", "freeze", "drop"] and Path(out) == cmp_dir
+
+
+def _with_validation(run_dir, val_acc):
+  """Adds a validation accuracy per epoch to a run's metrics.jsonl."""
+  path = run_dir / "metrics.jsonl"
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  for m, v in zip(lines, val_acc):
+    m["val_accuracy"] = v
+  path.write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def test_accuracy_figure_plots_validation_and_time_to_accuracy(tmp_path):
+  """With --val-size the accuracy panel plots the validation accuracy per epoch and the
+  final test accuracy as a star; with one seed, the time-to-accuracy target (SGD's final
+  validation accuracy - 0.5) is a dotted line and a triangle marks, over each strategy's
+  time bar, the first epoch that reached it. Without validation: test accuracy, as before."""
+  from ldjax.reporting.plots import TARGET_LABEL, accuracy_time_plot
+  cmp_dir = write_comparison(tmp_path / "cmp")
+  fig = accuracy_time_plot(load_runs([cmp_dir]))
+  ax_a, ax_t = fig.axes[:2]
+  assert ax_a.get_ylabel() == "test accuracy (%)"
+  assert [line.get_label() for line in ax_a.lines].count(TARGET_LABEL) == 1
+
+  _with_validation(cmp_dir / "sgd", [80.0, 82.0, 84.0, 86.0])     # target 85.5
+  _with_validation(cmp_dir / "freeze", [81.0, 85.5, 85.0, 85.2])  # reached at epoch 2
+  _with_validation(cmp_dir / "drop", [80.0, 81.0, 82.0, 83.0])    # never
+  fig = accuracy_time_plot(load_runs([cmp_dir]))
+  ax_a, ax_t = fig.axes[:2]
+  assert ax_a.get_ylabel() == "validation accuracy (%)"
+  curves = {line.get_label(): line for line in ax_a.lines}
+  np.testing.assert_allclose(curves["SGD"].get_ydata(), [80, 82, 84, 86])
+  target = curves[TARGET_LABEL]
+  np.testing.assert_allclose(target.get_ydata(), [85.5, 85.5])
+  stars = [line for line in ax_a.lines if line.get_marker() == "*"]
+  assert sorted(float(line.get_ydata()[0]) for line in stars) == [88.5, 89.0, 90.0]
+  triangles = [line for line in ax_t.lines if line.get_marker() == "v"]
+  # SGD reaches 85.5 at epoch 4, Freezing at epoch 2 (bars offset by -0.27, 0, +0.27).
+  xs = sorted(float(line.get_xdata()[0]) for line in triangles)
+  assert len(xs) == 2 and round(xs[0]) == 2 and round(xs[1]) == 4, xs
+  heights = sorted(float(line.get_ydata()[0]) for line in triangles)
+  # Just above one epoch's bar: Freezing's 540 s / 4, SGD's 600 s / 4.
+  assert heights == pytest.approx([1.05 * 135.0, 1.05 * 150.0])

@@ -2,8 +2,12 @@
 
   aapd.png          Fig. 1: AAPD (Eq. 1) per stage per epoch, one panel per network.
   scores.png        Fig. 3: score P (Eq. 2) per stage per epoch, one panel per run, drops marked.
-  accuracy_time.png Fig. 5: test accuracy per epoch per strategy, and time per epoch split
-                    into training, feature extraction + storing, and compilation.
+  accuracy_time.png Fig. 5: test accuracy per epoch per strategy (validation accuracy, with
+                    the final test accuracy as a star, for runs with --val-size), and time
+                    per epoch split into training, feature extraction + storing, and
+                    compilation; for one seed, the time-to-accuracy target of
+                    comparison.md (dotted) and the epoch each strategy reached it (a
+                    triangle over its time bar).
   params_macs.png   Fig. 6: forward parameters and forward MMACs per epoch per strategy.
 
 Figures are drawn on matplotlib's Agg canvas through `Figure` objects, never
@@ -24,8 +28,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from ldjax.strategy import NAMES, display_name, rank
+from ldjax.reporting.comparison import (SPLIT_NAMES, TARGET_POINTS, TARGET_TOLERANCE,
+                                       accuracy_field,
+                                       accuracy_target, epoch_train_time_s)
 from ldjax.reporting.runs import Run
+from ldjax.strategy import NAMES, display_name, rank
 
 # The paper's Fig. 5/6 colours: SGD red, Freezing blue, Dropping green. Curves often
 # coincide (Freezing has SGD's forward pass, and often Dropping's accuracy), so SGD is
@@ -191,19 +198,71 @@ TIME_PARTS = (("train_s", "training", 1.0, None),
               ("compile_s", "XLA compilation", 0.12, "...."))
 
 
+TARGET_LABEL = f"SGD's final - {TARGET_POINTS} pt"
+
+
+def _accuracy_field(by_strategy: dict[str, list[Run]]) -> str:
+  """"val_accuracy" when every run of the group has a validation accuracy, else the test's."""
+  fields = {accuracy_field(r.metrics) for srs in by_strategy.values() for r in srs}
+  return "val_accuracy" if fields == {"val_accuracy"} else "test_accuracy"
+
+
+def _time_to_target_mark(ax_a, ax_t, runs: Sequence[Run], sgd_runs: Sequence[Run] | None,
+                         field: str, colour, offset: float) -> None:
+  """The time-to-accuracy target (SGD's final accuracy minus TARGET_POINTS, as in
+  comparison.md) as a dotted line on the accuracy panel, once per group; on the time
+  panel, a triangle just above the bar of the epoch where this strategy first reached it (one seed:
+  the mean over seeds can reach it where no single run did, so nothing is marked)."""
+  if not sgd_runs or len(sgd_runs) != 1 or len(runs) != 1:
+    return
+  target = accuracy_target(sgd_runs[0].metrics)
+  if target is None or target["field"] != field:
+    return
+  if not any(line.get_label() == TARGET_LABEL for line in ax_a.lines):
+    ax_a.axhline(target["target_pct"], color="0.3", ls=":", lw=1.2, label=TARGET_LABEL,
+                 zorder=1)
+  reached = [m["epoch"] for m in runs[0].metrics
+             if m.get(field) is not None and m[field] >= target["target_pct"] - TARGET_TOLERANCE]
+  if reached:
+    epoch = reached[0]
+    height = _epoch_bar_height(runs[0].metrics, epoch)
+    ax_t.plot([epoch + offset], [height * 1.05], marker="v", ms=8, color=colour,
+              markeredgecolor="black", markeredgewidth=0.6, ls="none", zorder=5)
+
+
+def _epoch_bar_height(records: Sequence[dict], epoch: int) -> float:
+  """The height of `epoch`'s stacked time bar."""
+  return sum(epoch_train_time_s(m) for m in records if m["epoch"] == epoch)
+
+
 def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
-  """Fig. 5: test accuracy per epoch (left), time per epoch as stacked bars (right)."""
+  """Fig. 5, written to `path` (see `accuracy_time_plot`)."""
+  accuracy_time_plot(runs).savefig(path, dpi=DPI)
+  return path
+
+
+def accuracy_time_plot(runs: Sequence[Run]) -> Figure:
+  """Fig. 5: test (or validation) accuracy per epoch (left), time per epoch as stacked
+  bars (right), one row per (network, dataset, width)."""
   groups = _comparisons(runs)
-  fig, rows = _group_rows(groups, 4.8, "Test accuracy and time per epoch (Fig. 5)")
+  fig, rows = _group_rows(groups, 4.8, "Accuracy and time per epoch (Fig. 5)")
   for (title, by_s), (ax_a, ax_t) in zip(groups, rows):
     width = 0.8 / len(by_s)
+    field = _accuracy_field(by_s)
     for i, (strategy, srs) in enumerate(by_s.items()):
       style = strategy_style(strategy, i)
       colour = matplotlib.colors.to_rgb(style["color"])
-      x, acc, acc_std = _mean_over_seeds(srs, lambda m: m["test_accuracy"])
+      x, acc, acc_std = _mean_over_seeds(srs, lambda m: m.get(field))
       ax_a.plot(x, acc, label=display_name(strategy), **style)
       if len(srs) > 1:
         ax_a.fill_between(x, acc - acc_std, acc + acc_std, color=colour, alpha=0.12, lw=0)
+      if field != "test_accuracy":   # the test accuracy, evaluated at the end: a star
+        xt, test, _ = _mean_over_seeds(srs, lambda m: m.get("test_accuracy"))
+        if len(xt):
+          ax_a.plot(xt[-1:], test[-1:], marker="*", ms=13, ls="none", color=style["color"],
+                    markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+      _time_to_target_mark(ax_a, ax_t, srs, by_s.get("sgd"), field, style["color"],
+                           offset=(i - (len(by_s) - 1) / 2) * width)
       bottom = None
       for key, _, alpha, hatch in TIME_PARTS:
         xt, y, _ = _mean_over_seeds(srs, lambda m: m.get("time", {}).get(key, 0.0))
@@ -211,20 +270,25 @@ def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
         ax_t.bar(xt + (i - (len(by_s) - 1) / 2) * width, y, width, bottom=bottom,
                  facecolor=(*colour, alpha), edgecolor=colour, hatch=hatch, lw=0.6)
         bottom += y
-    ax_a.set_ylabel("test accuracy (%)")
-    ax_a.set_title("test accuracy", fontsize=10)
+    split = SPLIT_NAMES[field]
+    ax_a.set_ylabel(f"{split} accuracy (%)")
+    ax_a.set_title(f"{split} accuracy" + ("" if field == "test_accuracy" else
+                                          " (★: test accuracy, last epoch)"), fontsize=10)
     ax_a.legend(fontsize=9, title="strategy" + (" (band: ±1 std)" if "mean" in title else ""))
     _integer_epochs(ax_a)
     handles = [Patch(color=strategy_style(s, i)["color"], label=display_name(s))
                for i, s in enumerate(by_s)]
     handles += [Patch(facecolor=(0.3, 0.3, 0.3, a), edgecolor="0.3", hatch=h, label=label)
                 for _, label, a, h in TIME_PARTS]
+    if any(line.get_marker() == "v" for line in ax_t.lines):
+      handles.append(Line2D([], [], marker="v", ms=8, color="0.5", markeredgecolor="black",
+                            ls="none", label="first epoch at the target"))
+      ax_t.set_ylim(top=ax_t.get_ylim()[1] * 1.1)
     ax_t.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax_t.set_ylabel("time per epoch (s)")
     ax_t.set_title("time per epoch (test evaluation excluded)", fontsize=10)
     _integer_epochs(ax_t)
-  fig.savefig(path, dpi=DPI)
-  return path
+  return fig
 
 
 def params_macs_figure(runs: Sequence[Run], path: Path) -> Path:
@@ -281,8 +345,11 @@ def write_figures(runs: Sequence[Run], out_dir: Path) -> list[tuple[Path, str]]:
                    "mark a drop decided at the end of that epoch (stages leave the head the "
                    "next epoch), after which the dropped stages are no longer scored."))
   out.append((accuracy_time_figure(runs, out_dir / "accuracy_time.png"),
-              "Test accuracy per epoch per strategy (left) and time per epoch (right) split "
-              "into training, feature extraction + storing, and compilation (Fig. 5)."))
+              "Test (or, with --val-size, validation) accuracy per epoch per strategy (left) "
+              "and time per epoch (right) split into training, feature extraction + storing, "
+              "and compilation (Fig. 5). With one seed, the dotted line is the "
+              "time-to-accuracy target of the comparison table and a triangle marks the "
+              "epoch each strategy first reached it."))
   out.append((params_macs_figure(runs, out_dir / "params_macs.png"),
               "Parameters used by the forward pass and forward MMACs per example, per epoch "
               "per strategy (Fig. 6); Freezing keeps the whole forward pass, so it coincides "
