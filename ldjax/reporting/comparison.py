@@ -39,12 +39,18 @@ def time_to_accuracy(records: Sequence[dict], target: float,
   counts. The result is at most the run's T, and equals it when the target is
   first reached at the last epoch.
   """
-  elapsed = 0.0
-  for m in records:
-    elapsed += epoch_train_time_s(m)
+  first = first_reaching(records, target, field)
+  return None if first is None else sum(epoch_train_time_s(m) for m in records[:first + 1])
+
+
+def first_reaching(records: Sequence[dict], target: float,
+                   field: str = "test_accuracy") -> int | None:
+  """The index of the first record whose `field` reached `target` (within
+  TARGET_TOLERANCE); None if none did (records without `field` are skipped)."""
+  for i, m in enumerate(records):
     acc = m.get(field)
     if acc is not None and acc >= target - TARGET_TOLERANCE:
-      return elapsed
+      return i
   return None
 
 

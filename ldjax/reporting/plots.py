@@ -28,9 +28,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from ldjax.reporting.comparison import (SPLIT_NAMES, TARGET_POINTS, TARGET_TOLERANCE,
-                                       accuracy_field,
-                                       accuracy_target, epoch_train_time_s)
+from ldjax.reporting.comparison import (SPLIT_NAMES, TARGET_POINTS, accuracy_field,
+                                       accuracy_target, epoch_train_time_s, first_reaching)
 from ldjax.reporting.runs import Run
 from ldjax.strategy import NAMES, display_name, rank
 
@@ -221,18 +220,11 @@ def _time_to_target_mark(ax_a, ax_t, runs: Sequence[Run], sgd_runs: Sequence[Run
   if not any(line.get_label() == TARGET_LABEL for line in ax_a.lines):
     ax_a.axhline(target["target_pct"], color="0.3", ls=":", lw=1.2, label=TARGET_LABEL,
                  zorder=1)
-  reached = [m["epoch"] for m in runs[0].metrics
-             if m.get(field) is not None and m[field] >= target["target_pct"] - TARGET_TOLERANCE]
-  if reached:
-    epoch = reached[0]
-    height = _epoch_bar_height(runs[0].metrics, epoch)
-    ax_t.plot([epoch + offset], [height * 1.05], marker="v", ms=8, color=colour,
-              markeredgecolor="black", markeredgewidth=0.6, ls="none", zorder=5)
-
-
-def _epoch_bar_height(records: Sequence[dict], epoch: int) -> float:
-  """The height of `epoch`'s stacked time bar."""
-  return sum(epoch_train_time_s(m) for m in records if m["epoch"] == epoch)
+  first = first_reaching(runs[0].metrics, target["target_pct"], field)
+  if first is not None:   # just above that epoch's stacked time bar
+    m = runs[0].metrics[first]
+    ax_t.plot([m["epoch"] + offset], [epoch_train_time_s(m) * 1.05], marker="v", ms=8,
+              color=colour, markeredgecolor="black", markeredgewidth=0.6, ls="none", zorder=5)
 
 
 def accuracy_time_figure(runs: Sequence[Run], path: Path) -> Path:
