@@ -10,7 +10,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "ldjax"
-FACES = {"ldjax.run", "ldjax.summary", "ldjax.report", "ldjax.prepare"}
+FACES = {"ldjax.run", "ldjax.summary", "ldjax.report", "ldjax.prepare", "ldjax.predict"}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -74,6 +74,8 @@ def test_scoring_is_pure():
 @pytest.mark.parametrize("package, forbidden", [
     ("ldjax.models", ("ldjax.data", "ldjax.train", "ldjax.store", "ldjax.runs")),
     ("ldjax.store", ("ldjax.models", "ldjax.train")),
+    ("ldjax.weights", ("ldjax.data", "ldjax.train", "ldjax.store", "ldjax.runs",
+                       "ldjax.reporting")),
     ("ldjax.reporting", ("ldjax.train",)),
     ("ldjax.data", ("ldjax.models", "ldjax.train", "ldjax.store", "ldjax.runs",
                     "ldjax.reporting")),
