@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ldjax import cli
 from ldjax.errors import DISK_FULL, CheckpointError, Interrupted, TrainingDiverged, UsageError
+from ldjax.jsonio import read_json
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import compile_cache
 from ldjax.runs.checkpoint import mount_point
@@ -30,7 +31,8 @@ from ldjax.runs.config import (CUT_RULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHED
                                TrainConfig, preset_for)
 from ldjax.runs.workdir import ensure_writable
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
-from ldjax.train import compare
+from ldjax.train import compare, sharding
+from ldjax.train.continuation import run_path_for, stream_chunks
 
 DEFAULT_STRATEGIES = "sgd,drop"
 
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--strategy", default=DEFAULT_STRATEGIES,
     help=f"one of {', '.join(STRATEGIES)}, or a comma list to run several from the same "
          "initial weights and write a comparison table (default: sgd,drop)")
-  a("--dataset", default="embedded",
+  a("--dataset", default=None,
     help="'embedded' (Fashion-MNIST subset shipped with ldjax), a TFDS name (mnist, "
          "fashion_mnist, cifar10, imagenette/160px-v2), 'idx:DIR' or 'npz:FILE' (default: embedded)")
   a("--data-dir", default=None, help="TFDS data directory (default: TFDS's own)")
@@ -111,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
   a("--eval-every", type=int, default=None, metavar="N",
     help="evaluate on the test set every N epochs and after the last (default 1: every "
          "epoch, which the accuracy-per-epoch figure shows; evaluation is not part of T)")
+  a("--init-from", default=None, metavar="RUN_DIR|FILE.safetensors",
+    help="start from these weights: an ldjax run's (its weights.safetensors) or "
+         "torchvision's / timm's ResNet and VGG state dicts saved as .safetensors; a "
+         "classifier for another number of classes is re-initialised (see --keep-classifier); "
+         "Learn & Drop's warm-up and decisions run as usual")
+  a("--keep-classifier", action="store_true",
+    help="with --init-from or --continue-from: refuse weights whose classifier has another "
+         "number of classes instead of re-initialising it")
+  a("--continue-from", default=None, metavar="RUN_DIR",
+    help="train a finished run further on --dataset: its final weights, and for freeze/drop "
+         "its dropped stages stay dropped (their features of the new data are computed once, "
+         "then only the head trains); model, width and batch norm default to that run's; "
+         "a comparison directory continues each strategy from its own run")
+  a("--data-schedule", default=None, metavar="DATA,DATA,...",
+    help="data that arrives in chunks: train on each dataset (as for --dataset; ';' separates "
+         "them if a path has commas) in order, --epochs epochs each, each chunk continuing the "
+         "previous chunk's run in WORKDIR/chunk-K (its dropped stages stay dropped, their "
+         "features of each new chunk computed once); each chunk is tested on its own test set")
   a("--workdir", default=None,
     help="directory for config.json, metrics.jsonl, summary.json (one sub-directory "
          "per strategy when several); default runs/<dataset>-<model>-<time>")
@@ -118,6 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
   a("--resume", action="store_true",
     help="continue the run in --workdir from its last checkpoint (same settings)")
   a("--no-progress", action="store_true", help="hide the progress bars")
+  a("--drop-at", default=None, metavar="E:CUT,...",
+    help="force Freeze's and Drop's decisions: after 1-based epoch E drop the stages before "
+         "CUT (e.g. 2:3,4:5), instead of Eq. 4 and the median rule; scores are still logged. "
+         "For ablations at equal decisions (another precision, recipe or device count)")
+  a("--adaptive-batch", action="store_true",
+    help="after a drop, grow the batch in proportion to how much cheaper the head's "
+         "training step is per example (k = whole model's / head's training MACs, an "
+         "integer), capped by --max-batch-size and the device's memory; the lr scales by "
+         "--adaptive-lr; Freeze uses Drop's batch; metrics.jsonl records it per epoch")
+  a("--max-batch-size", type=int, default=None, metavar="N",
+    help="with --adaptive-batch: the largest batch (default: 8 x --batch-size)")
+  a("--adaptive-lr", default=None, metavar="RULE",
+    help="with --adaptive-batch: how the lr scales with the batch's multiplier k: linear "
+         "(k x lr, default) or sqrt (sqrt(k) x lr)")
+  a("--devices", type=int, default=None, metavar="N",
+    help="data parallelism over the first N visible devices (default: all): each batch is "
+         "split over them, weights and scores replicated; --batch-size must divide by N")
   a("--compilation-cache", default=None, metavar="DIR",
     help="keep compiled XLA programs in DIR for later runs and strategies, which then load "
          f"them instead of compiling (default: ${compile_cache.ENV}, else "
@@ -128,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
   if args.recipe not in RECIPES:
     raise UsageError(f"unknown --recipe {args.recipe!r}; choose from {', '.join(RECIPES)}")
-  settings = dict(preset_for(args.dataset), dataset=args.dataset) | RECIPES[args.recipe]
+  dataset = args.dataset or "embedded"
+  if args.data_schedule is not None:   # the first chunk's preset
+    if args.dataset is not None:
+      raise UsageError("--data-schedule lists the datasets; drop --dataset")
+    dataset = stream_chunks(args.data_schedule)[0]
+  settings = dict(preset_for(dataset), dataset=dataset) | RECIPES[args.recipe]
   flags = {"data_dir": args.data_dir, "train_size": args.train_size,
            "test_size": args.test_size, "model": args.model, "width": args.width,
            "epochs": args.epochs, "warmup": args.warmup, "batch_size": args.batch_size,
@@ -139,11 +181,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
            "weight_decay": args.weight_decay, "schedule": args.schedule,
            "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing,
            "augment": args.augment, "crop_pad": args.crop_pad, "cut_rule": args.cut_rule,
-           "val_size": args.val_size, "precision": args.precision}
-  settings.update({k: v for k, v in flags.items() if v is not None})
+           "val_size": args.val_size, "precision": args.precision, "devices": args.devices,
+           "init_from": args.init_from, "continue_from": args.continue_from,
+           "max_batch_size": args.max_batch_size, "adaptive_lr": args.adaptive_lr,
+           "drop_at": args.drop_at}
   settings["batch_norm"] = not args.no_batch_norm
+  if args.continue_from is not None:   # the architecture of the run it continues
+    settings |= continued_architecture(args.continue_from, args.strategy)
+  settings.update({k: v for k, v in flags.items() if v is not None})
   settings["test_every_epoch"] = args.test_every_epoch
+  settings["keep_classifier"] = args.keep_classifier
+  settings["adaptive_batch"] = args.adaptive_batch
   return TrainConfig(**settings)
+
+
+def continued_architecture(path: str, strategy: str) -> dict:
+  """model, width and batch_norm of the run --continue-from names (for --strategy's
+  first strategy); its other settings are the new run's."""
+  first = Strategy.parse_list(strategy)[0]
+  config = read_json(run_path_for(path, first) / "config.json")
+  return {k: config[k] for k in ("model", "width", "batch_norm") if k in config}
 
 
 def default_workdir(cfg: TrainConfig) -> Path:
@@ -204,9 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     strategies = Strategy.parse_list(args.strategy)
     cfg = config_from_args(args)
     cfg.validate()
+    cfg = sharding.resolve(cfg)   # the devices it uses, as config.json records them
     cfg.validate_strategies(strategies)
     if args.resume and not args.workdir:
       raise UsageError("--resume needs the --workdir of the run to continue")
+    if args.resume and args.init_from:
+      raise UsageError("--resume continues from the run's checkpoint; drop --init-from")
+    chunks = None if args.data_schedule is None else stream_chunks(args.data_schedule)
     workdir = Path(args.workdir) if args.workdir else default_workdir(cfg)
     check_workdir(workdir, args.overwrite, args.resume)
     created = None if workdir.exists() else workdir
@@ -223,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{cfg.epochs} epochs, warm-up {cfg.warmup}; work directory {workdir}; "
             f"compilation cache {cache or 'off'}", flush=True)
       with stop_on_sigint() as should_stop:
-        summaries = compare.run_strategies(cfg, strategies, workdir, data=data, model=model,
-                                           progress=not args.no_progress, resume=args.resume,
-                                           should_stop=should_stop)
+        if chunks is None:
+          summaries = compare.run_strategies(cfg, strategies, workdir, data=data, model=model,
+                                             progress=not args.no_progress,
+                                             resume=args.resume, should_stop=should_stop)
+        else:
+          summaries = compare.run_stream(cfg, strategies, chunks, workdir, first=(data, model),
+                                         progress=not args.no_progress, resume=args.resume,
+                                         should_stop=should_stop)[-1]
+          workdir = workdir / f"chunk-{len(chunks)}"
   except UsageError as e:
     if created is not None and created.exists():
       shutil.rmtree(created, ignore_errors=True)

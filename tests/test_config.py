@@ -18,7 +18,8 @@ FLAGS = {
     "feature_memory_gb": "--feature-memory-gb", "train_size": "--train-size",
     "test_size": "--test-size", "weight_decay": "--weight-decay",
     "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
-    "crop_pad": "--crop-pad", "val_size": "--val-size",
+    "crop_pad": "--crop-pad", "val_size": "--val-size", "devices": "--devices",
+    "max_batch_size": "--max-batch-size",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -42,6 +43,8 @@ BAD = {
     "label_smoothing": (*NON_FINITE, -0.1, 1.0, 1, 1.5, True, None),
     "crop_pad": (0, -1, 2.0, NAN, True),
     "val_size": (0, -1, 100.0, NAN, True),
+    "devices": (0, -1, 2.0, NAN, True, "2"),
+    "max_batch_size": (0, -1, 255, 512.0, NAN, True),   # below the batch (256) too
 }
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
@@ -123,7 +126,11 @@ def test_batch_larger_than_training_set():
     (["--cut-rule", "first"], "--cut-rule"), (["--feature-dtype", "f16"], "--feature-dtype"),
     (["--lr", "fast"], "--lr"), (["--epochs", "2.5"], "--epochs"),
     (["--val-size", "6000"], "--val-size"), (["--val-size", "5900"], "--val-size"),
-    (["--val-size", "0"], "--val-size"), (["--precision", "fp16"], "--precision")])
+    (["--val-size", "0"], "--val-size"), (["--precision", "fp16"], "--precision"),
+    (["--devices", "0"], "--devices"), (["--devices", "-1"], "--devices"),
+    (["--devices", "64"], "--devices"), (["--devices", "1.5"], "--devices"),
+    (["--drop-at", "2:x"], "--drop-at"), (["--drop-at", "3:2,2:4"], "--drop-at"),
+    (["--drop-at", "2:9", "--epochs", "3"], "--drop-at")])
 def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   workdir = tmp_path / "wd"
   code = run.main([*argv, "--workdir", str(workdir), "--no-progress",

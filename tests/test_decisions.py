@@ -115,3 +115,28 @@ def test_json_round_trip():
 def test_state_is_immutable():
   with pytest.raises(dataclasses.FrozenInstanceError):
     DropState().cut = 2
+
+
+# --- a forced schedule (--drop-at) ------------------------------------------------------
+
+
+def test_forced_schedule_drops_where_told_and_still_logs_scores():
+  sums, abs_sums = [[1.0, 1.0], [1.0, -1.0], [0.5, 0.5], [2.0, 0.0]], [[1, 1], [1, 1], [1, 1], [2, 2]]
+  names = ["a", "b", "c", "d"]
+  kw = dict(epoch=1, warmup=5, epochs=6, stage_names=names, forced={2: 2, 4: 3})
+  record, state = score_and_decide(sums, abs_sums, DropState(), strategy="drop", **kw)
+  assert record["decision"] == {"forced": True, "n_star": 2, "drop": True, "new_cut": 2}
+  assert len(record["scores"]["P"]) == 4   # scored as usual (the warm-up does not apply)
+  assert (state.cut, state.pending, state.events[-1]) == (
+      2, (0, 2), {"epoch": 2, "stages_dropped": 2, "cut": 2})
+  assert len(state.dropped_std_scores) == 2
+  _, frozen = score_and_decide(sums, abs_sums, DropState(), strategy="freeze", **kw)
+  assert (frozen.cut, frozen.pending) == (2, None)
+  record, same = score_and_decide(sums, abs_sums, DropState(), strategy="sgd", **kw)
+  assert record["decision"] is None and same == DropState()
+  record, same = score_and_decide(sums[2:], abs_sums[2:], state, strategy="drop",
+                                  **(kw | dict(epoch=2, stage_names=names[2:])))
+  assert record["decision"] is None and same == state   # no cut given for epoch 3
+  with pytest.raises(ValueError, match="last conv stage kept"):
+    score_and_decide(sums[2:], abs_sums[2:], state, strategy="drop",
+                     **(kw | dict(epoch=3, stage_names=names[2:], forced={4: 4})))

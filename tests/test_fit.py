@@ -9,8 +9,12 @@ few module-scoped runs are shared by many tests:
 - a width-1/16 VGG-11 (which has dropout) with freeze and drop for 3 epochs,
   stores in memory.
 
-The settings (warm-up 1, lr 0.05) make the ResNet drop twice and the VGG
-once; the tests assert that they did, so they cannot pass vacuously.
+The ResNet's two drops are forced (`drop_at`, after epochs 2 and 4): its
+natural decisions on 544 images move with the CPU's rounding (on one machine
+it dropped twice, on another once), and the tests here are of what follows a
+drop: stores, exactness, costs. The VGG (warm-up 1, lr 0.05) drops once by
+the paper's rule, whose recorded decisions the replay test re-derives. The
+tests assert the drops happened, so they cannot pass vacuously.
 """
 
 import collections
@@ -37,6 +41,7 @@ from ldjax.train import scoring, steps
 WIDTH = 0.0625
 EPOCHS = 5
 SETTINGS = dict(width=WIDTH, epochs=EPOCHS, warmup=1, batch_size=64, lr=0.05)
+RESNET_DROPS = "2:2,4:4"   # forced: after epoch 2 stages 0-1, after epoch 4 stages 2-3
 TIME_KEYS = ("train_s", "extract_store_s", "eval_s", "compile_s")
 RECORD_KEYS = ("epoch", "loss", "train_accuracy", "test_accuracy", "time", "dropped_stages",
                "trainable_params", "forward_macs", "train_macs", "xla_step_flops", "scores",
@@ -74,7 +79,8 @@ class Runs:
 @pytest.fixture(scope="module")
 def resnet(tiny_data, tmp_path_factory):
   model = build_model("resnet18", tiny_data.image_shape, tiny_data.num_classes, width=WIDTH)
-  cfg = TrainConfig(model="resnet18", feature_memory_gb=0.0, **(SETTINGS | dict(lr=0.02)))
+  cfg = TrainConfig(model="resnet18", feature_memory_gb=0.0, drop_at=RESNET_DROPS,
+                    **(SETTINGS | dict(lr=0.02)))
   runs = Runs(model, model.init(jax.random.key(0), tiny_data.image_shape), cfg)
   for strategy in ("drop", "freeze", "sgd"):
     run_dir = RunDir(tmp_path_factory.mktemp("resnet") / strategy) if strategy == "drop" else None
@@ -299,13 +305,13 @@ def test_metrics_jsonl_fields(resnet):
     assert all(0 <= p <= 1 for p in sc["P"])
     assert all(a > 0 for a in sc["aapd"])
     np.testing.assert_allclose(sc["P_std"], scoring.standardize(sc["P"]), atol=1e-12)
-    # Decisions: from the epoch after the warm-up, never after the last epoch, and
-    # not in the feature-storing epoch that follows a drop (Algorithm 1).
-    after_drop = i > 0 and bool((records[i - 1]["decision"] or {}).get("drop"))
-    if r["epoch"] == 1 or r["epoch"] == EPOCHS or after_drop:
-      assert r["decision"] is None
+    # Decisions: only the forced ones (RESNET_DROPS), recorded as such.
+    forced = dict(tuple(map(int, pair.split(":"))) for pair in RESNET_DROPS.split(","))
+    if r["epoch"] in forced:
+      assert r["decision"] == {"forced": True, "drop": True, "new_cut": forced[r["epoch"]],
+                               "n_star": forced[r["epoch"]] - r["dropped_stages"]}
     else:
-      assert set(r["decision"]) >= {"n_star", "Mc", "Md", "drop"}
+      assert r["decision"] is None
   summary = json.loads((run_dir.path / "summary.json").read_text())
   for key in SUMMARY_KEYS:
     assert key in summary, key
@@ -320,11 +326,21 @@ def test_metrics_jsonl_fields(resnet):
   assert not list(run_dir.path.rglob("features_*"))
 
 
-def test_decisions_replay_from_recorded_scores(resnet):
+def test_decisions_replay_from_recorded_scores(vgg):
   """Re-deciding from each epoch's recorded P with a running list of dropped P'
   gives the recorded decisions, events and cuts."""
   dropped, cut, events = [], 0, []
-  for r in resnet.records["drop"]:
+  assert vgg.summary["drop"]["drop_events"]
+  # Decisions from the epoch after the warm-up, never after the last epoch, and not in
+  # the feature-storing epoch that follows a drop (Algorithm 1).
+  recs = vgg.records["drop"]
+  for i, r in enumerate(recs):
+    after_drop = i > 0 and bool((recs[i - 1]["decision"] or {}).get("drop"))
+    if r["epoch"] == 1 or r["epoch"] == len(recs) or after_drop:
+      assert r["decision"] is None
+    else:
+      assert set(r["decision"]) >= {"n_star", "Mc", "Md", "drop"}
+  for r in vgg.records["drop"]:
     assert r["dropped_stages"] == cut
     if r["decision"] is None:
       continue
@@ -337,7 +353,7 @@ def test_decisions_replay_from_recorded_scores(resnet):
       dropped += d.std_scores[:d.n_star].tolist()
       cut += d.n_star
       events.append({"epoch": r["epoch"], "stages_dropped": d.n_star, "cut": cut})
-  assert events == resnet.summary["drop"]["drop_events"]
+  assert events == vgg.summary["drop"]["drop_events"]
 
 
 def test_trainable_params_and_macs_after_drop(resnet):

@@ -27,7 +27,9 @@ FLAGS = ["--strategy", "--dataset", "--data-dir", "--train-size", "--test-size",
          "--eval-batch-size", "--eval-every", "--workdir", "--overwrite", "--resume",
          "--no-progress", "--compilation-cache", "--recipe", "--optimizer", "--weight-decay",
          "--schedule", "--warmup-lr-epochs", "--label-smoothing", "--augment", "--crop-pad",
-         "--cut-rule", "--val-size", "--test-every-epoch", "--precision"]
+         "--cut-rule", "--val-size", "--test-every-epoch", "--precision", "--init-from",
+         "--keep-classifier", "--continue-from", "--data-schedule", "--devices",
+         "--adaptive-batch", "--max-batch-size", "--adaptive-lr", "--drop-at"]
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:

@@ -50,6 +50,36 @@ class TrainConfig:
   eval_every: int = 1   # test evaluation every this many epochs, and after the last
   feature_dtype: str = "float32"
   feature_memory_gb: float = 4.0
+  devices: int | None = None        # the first N visible devices; None: all (ldjax.train.sharding)
+  init_from: str | None = None      # weights to start from (ldjax.weights)
+  keep_classifier: bool = False     # refuse, not re-initialise, a classifier of other classes
+  continue_from: str | None = None  # a finished run to train further (ldjax.train.continuation)
+  adaptive_batch: bool = False      # grow the head's batch after a drop (ldjax.train.adaptive)
+  max_batch_size: int | None = None  # its cap; None: 8 x batch_size
+  adaptive_lr: str = "linear"       # the lr rule of a grown batch: linear | sqrt
+  drop_at: str | None = None         # "E:CUT,...": forced decisions (ldjax.train.decisions)
+
+  @property
+  def drop_schedule(self) -> dict[int, int] | None:
+    """`drop_at` as {1-based epoch: cut}, or None (the paper's decisions)."""
+    if self.drop_at is None:
+      return None
+    pairs = []
+    for part in str(self.drop_at).split(","):
+      epoch, _, cut = part.partition(":")
+      try:
+        pairs.append((int(epoch), int(cut)))
+      except ValueError:
+        raise UsageError(f"--drop-at {self.drop_at!r} must be EPOCH:CUT pairs separated by "
+                         "commas, e.g. 2:3,4:5") from None
+    schedule = dict(pairs)
+    epochs, cuts = [e for e, _ in pairs], [c for _, c in pairs]
+    if (epochs != sorted(set(epochs))
+        or cuts != sorted(set(cuts)) or min(cuts) < 1
+        or not 1 <= min(epochs) <= max(epochs) < self.epochs):
+      raise UsageError(f"--drop-at {self.drop_at!r} needs increasing epochs in [1, --epochs) "
+                       f"= [1, {self.epochs}) and increasing cuts >= 1, e.g. 2:3,4:5")
+    return schedule
 
   @property
   def schedule_name(self) -> str:
@@ -81,6 +111,11 @@ class TrainConfig:
                  lambda v: 0 < v <= 1)
     _check_int(self.seed, "--seed", "an integer >= 0", lambda v: v >= 0)
     self._validate_recipe()
+    if self.init_from is not None and self.continue_from is not None:
+      raise UsageError("--init-from and --continue-from both give the initial weights; "
+                       "use one of them")
+    if self.keep_classifier and self.init_from is None and self.continue_from is None:
+      raise UsageError("--keep-classifier applies to --init-from or --continue-from only")
     _check_choice(self.augment, "--augment", augment.NAMES)
     _check_choice(self.cut_rule, "--cut-rule", CUT_RULES)
     _check_choice(self.precision, "--precision", PRECISIONS)
@@ -94,6 +129,10 @@ class TrainConfig:
                  lambda v: v >= 0)
     _check_int(self.eval_batch_size, "--eval-batch-size", "an integer > 0", lambda v: v > 0)
     _check_int(self.eval_every, "--eval-every", "an integer > 0", lambda v: v > 0)
+    self._validate_adaptive()
+    self.drop_schedule   # parsed: a malformed --drop-at is refused here
+    if self.devices is not None:   # against the visible devices: ldjax.train.sharding
+      _check_int(self.devices, "--devices", "an integer > 0 (or unset for all)", lambda v: v > 0)
     if self.train_size is not None:
       _check_int(self.train_size, "--train-size", "an integer > 0 (or unset for all)",
                  lambda v: v > 0)
@@ -126,6 +165,19 @@ class TrainConfig:
     if self.schedule_name != "step" and self.lr_decay_epoch is not None:
       raise UsageError(f"--lr-decay-epoch only applies to --schedule step, not "
                        f"{self.schedule_name}; drop one of them")
+
+  def _validate_adaptive(self) -> None:
+    """--adaptive-batch, --max-batch-size, --adaptive-lr (`ldjax.train.adaptive`)."""
+    _check_choice(self.adaptive_lr, "--adaptive-lr", ADAPTIVE_LR_RULES)
+    if self.adaptive_lr != "linear" and not self.adaptive_batch:
+      raise UsageError("--adaptive-lr applies to --adaptive-batch; add it or drop the flag")
+    if self.max_batch_size is None:
+      return
+    _check_int(self.max_batch_size, "--max-batch-size",
+               f"an integer >= --batch-size ({self.batch_size})",
+               lambda v: v >= self.batch_size)
+    if not self.adaptive_batch:
+      raise UsageError("--max-batch-size caps --adaptive-batch; add --adaptive-batch or drop it")
 
   def validate_strategies(self, strategies) -> list[Strategy]:
     """The strategies parsed; UsageError for an unknown one, or a warm-up that leaves
@@ -162,6 +214,7 @@ OPTIMIZERS = ("sgd", "nesterov", "adamw")
 CUT_RULES = ("sign-change", "max-prefix")   # ldjax.train.scoring.CUT_RULES
 PRECISIONS = ("float32", "bfloat16")         # ldjax.train.precision
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+ADAPTIVE_LR_RULES = ("linear", "sqrt")       # ldjax.train.adaptive.LR_RULES
 
 # Training recipes, applied over a dataset's preset (and under the user's flags).
 # "paper": the paper's protocol as the presets give it (SGD + momentum 0.9, a

@@ -8,22 +8,28 @@ comparison table (`ldjax.reporting.comparison`) and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 
-from ldjax.data.datasets import Dataset, load_dataset
-from ldjax.jsonio import read_json
+from ldjax.data.datasets import Dataset, hold_out, load_dataset
+from ldjax.errors import UsageError
+from ldjax.jsonio import read_json, write_json_atomic
 from ldjax.models.staged import StagedModel
 from ldjax.models.zoo import build_model
 from ldjax.reporting.report import report_comparison
 from ldjax.runs import compile_cache
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
+from ldjax.train import continuation
+from ldjax.train import sharding
+from ldjax.train.continuation import Start
 from ldjax.train.epoch import Trainer
 from ldjax.train.fit import fit
+from ldjax.weights import init_from
 
 
 def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, StagedModel]:
@@ -43,15 +49,30 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
                    log=print) -> dict:
   """Trains each strategy from the same initial weights; returns {strategy: summary}.
 
-  With `resume`, strategies whose run is complete are read back, and the
-  others continue from their last checkpoint. With JAX's compilation cache on
+  The initial weights are `model.init` with `cfg.seed`, or `cfg.init_from`'s
+  (`ldjax.weights`); with `cfg.continue_from` each strategy starts where that
+  run's strategy ended, its dropped stages still dropped
+  (`ldjax.train.continuation`). With `resume`,
+  strategies whose run is complete are read back, and the others continue
+  from their last checkpoint. With JAX's compilation cache on
   (`ldjax.compile_cache`), the whole-model step is compiled into it before
   the first strategy, so that every strategy loads it (see `warm_cache`).
   """
   if data is None or model is None:
     data, model = prepare(cfg, strategies)
+  cfg = sharding.resolve(cfg)   # config.json records the device count used
   workdir = Path(workdir)
-  variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+  variables, norm = initial_variables(model, data, cfg, log)
+  starts = {s: Start(variables, normalization=norm) for s in strategies}
+  if cfg.continue_from is not None:
+    starts = continuation.starts_from(cfg, strategies, model, data, variables)
+    for s, start in starts.items():
+      log(f"{s}: continues {start.source} (trained on {', '.join(start.data_seen)}), "
+          f"{start.drop.cut if start.drop else 0} stages dropped")
+  if any(start.normalization for start in starts.values()):
+    if cfg.val_size and data.x_val is None:   # held out first: it recomputes mean and std
+      data = hold_out(data, cfg.val_size)
+    data = continuation.with_normalization(data, starts)
   if len(strategies) > 1 and compile_cache.enabled():
     log(f"compiled the whole-model step into the compilation cache in "
         f"{warm_cache(model, data, cfg, variables):.1f} s (outside every strategy's T)")
@@ -65,9 +86,14 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     if not (resume and (run_dir.path / "config.json").exists()):
       run_dir.write_config(cfg, strategy=strategy, strategies=list(strategies),
                            model_name=model.name, stage_names=list(model.stage_names),
-                           num_train=len(data.x_train), num_test=len(data.x_test))
-    summary = fit(model, data, cfg, strategy, variables=variables, run_dir=run_dir,
-                  progress=progress, resume=resume, should_stop=should_stop)
+                           num_train=len(data.x_train), num_test=len(data.x_test),
+                           image_shape=list(data.image_shape), num_classes=data.num_classes,
+                           input_mean=list(data.mean), input_std=list(data.std))
+    start = starts[strategy]
+    summary = fit(model, data, cfg, strategy, variables=start.variables, run_dir=run_dir,
+                  progress=progress, resume=resume, should_stop=should_stop, drop=start.drop,
+                  extra_summary={"continued_from": start.source,
+                                 "data_seen": [*start.data_seen, data.name]})
     summary.pop("variables")
     summaries[strategy] = summary
     log(f"{strategy}: test accuracy {summary['test_accuracy']:.2f}%, "
@@ -75,6 +101,76 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
   if len(strategies) > 1:   # comparison.md / .json (with time to accuracy), figures, report
     report_comparison(workdir)
   return summaries
+
+
+def run_stream(cfg: TrainConfig, strategies: Sequence[str], chunks: Sequence[str],
+               workdir: str | Path, *, first: tuple[Dataset, StagedModel] | None = None,
+               progress: bool = True, resume: bool = False, should_stop=None,
+               log=print) -> list[dict]:
+  """Data that arrives in chunks: trains on each dataset of `chunks` in order, for
+  `cfg.epochs` epochs each, every chunk a run continuing the previous chunk's
+  (`cfg.continue_from` the run before the first, if set). Chunk k's runs are in
+  `workdir/chunk-k`; `stream.json` lists the chunks. Returns each chunk's summaries.
+
+  `first`: the first chunk's (data, model), if the caller has loaded them. With
+  `resume`, finished chunks are read back and the chunk in flight continues
+  from its last checkpoint; the stream must list the same chunks.
+  """
+  workdir = Path(workdir)
+  stream_file = workdir / "stream.json"
+  record = {"chunks": list(chunks), "strategies": list(strategies)}
+  if resume and stream_file.exists() and read_json(stream_file) != record:
+    raise UsageError(f"cannot resume: {stream_file} lists {read_json(stream_file)['chunks']}, "
+                     f"this run {list(chunks)}; use the original --data-schedule")
+  # Every chunk is loaded and checked before the first trains: a bad one is an error now.
+  loaded = [first or prepare(dataclasses.replace(cfg, dataset=chunks[0]), strategies)]
+  loaded += [prepare(dataclasses.replace(cfg, dataset=spec), strategies) for spec in chunks[1:]]
+  for spec, (data, _) in zip(chunks[1:], loaded[1:]):
+    if data.image_shape != loaded[0][0].image_shape:
+      raise UsageError(f"--data-schedule chunk {spec!r} has {'x'.join(map(str, data.image_shape))}"
+                       f" images, the first {'x'.join(map(str, loaded[0][0].image_shape))}; "
+                       "every chunk needs the same image shape")
+  workdir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(stream_file, record)
+  previous, out = cfg.continue_from, []
+  for k, (spec, (data, model)) in enumerate(zip(chunks, loaded), 1):
+    chunk_cfg = dataclasses.replace(cfg, dataset=spec, continue_from=previous,
+                                    init_from=cfg.init_from if k == 1 else None,
+                                    keep_classifier=cfg.keep_classifier if k == 1 else False)
+    chunk_dir = workdir / f"chunk-{k}"
+    log(f"chunk {k}/{len(chunks)}: {data.name}, {len(data.x_train)} training images")
+    out.append(run_strategies(chunk_cfg, strategies, chunk_dir, data=data, model=model,
+                              progress=progress, resume=resume and chunk_dir.exists(),
+                              should_stop=should_stop, log=log))
+    previous = str(chunk_dir)
+  return out
+
+
+# The input normalization torchvision's and timm's ImageNet weights were trained with.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def initial_variables(model: StagedModel, data: Dataset, cfg: TrainConfig,
+                      log=print) -> tuple[list, tuple | None]:
+  """(variables, input normalization): `model.init` with `cfg.seed`, or with
+  `cfg.init_from`'s weights loaded into it, and then the (mean, std) those
+  weights were trained with: an ldjax file's recorded one, ImageNet's for
+  torchvision's and timm's weights on RGB data; None: the data's own."""
+  variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+  if cfg.init_from is None:
+    return variables, None
+  variables, info = init_from(cfg.init_from, model, variables,
+                              keep_classifier=cfg.keep_classifier,
+                              width=cfg.width, image_shape=data.image_shape)
+  meta = info.meta or {}
+  norm = None
+  if meta.get("input_mean") is not None:
+    norm = (tuple(meta["input_mean"]), tuple(meta["input_std"]))
+  elif info.format != "ldjax" and data.image_shape[-1] == 3:
+    norm = (IMAGENET_MEAN, IMAGENET_STD)
+  log(f"initial weights from {cfg.init_from}: {info}"
+      + ("" if norm is None else f"; inputs normalized with their mean {norm[0]}, std {norm[1]}"))
+  return variables, norm
 
 
 def warm_cache(model: StagedModel, data: Dataset, cfg: TrainConfig, variables) -> float:

@@ -7,12 +7,15 @@ restores itself from JSON (the checkpoint's "drop" item).
 
 `score_and_decide` is a pure function of one epoch's summed gradients and
 the drop state: it returns the epoch's score record and the next state.
+With `forced` (`--drop-at`, {1-based epoch: cut}) the cuts come from that
+schedule instead of Eq. 4 and the median rule: the scores are still computed
+and logged, and the dropped stages' standardized scores still recorded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ldjax.strategy import Strategy
 from ldjax.train import scoring
@@ -51,8 +54,8 @@ class DropState:
 
 def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
                      strategy: Strategy, epoch: int, warmup: int, epochs: int,
-                     stage_names: Sequence[str],
-                     cut_rule: str = "sign-change") -> tuple[dict, DropState]:
+                     stage_names: Sequence[str], cut_rule: str = "sign-change",
+                     forced: Mapping[int, int] | None = None) -> tuple[dict, DropState]:
   """Scores the head's conv stages and, for Freeze and Drop after the warm-up, decides.
 
   `sums` and `abs_sums` are the epoch's running sums (S and A of Eq. 2) of
@@ -65,6 +68,8 @@ def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
   # Algorithm 1 scores and decides in the epochs that train on `Data`, not in
   # the save_features epoch that follows a drop; Freeze mirrors that.
   after_drop = bool(state.events) and state.events[-1]["epoch"] == epoch
+  if forced is not None:
+    return _forced(record, p, state, strategy, epoch, forced)
   if not (Strategy(strategy).decides and epoch >= warmup and not after_drop
           and epoch < epochs - 1 and len(p) > 1):
     return {"scores": record, "decision": None}, state
@@ -72,12 +77,30 @@ def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
   decision = {"n_star": dec.n_star, "Mc": dec.median_candidates,
               "Md": dec.median_dropped, "drop": dec.drop}
   if dec.drop:
-    new_cut = state.cut + dec.n_star
-    decision["new_cut"] = new_cut
-    state = dataclasses.replace(
-        state, cut=new_cut,
-        dropped_std_scores=state.dropped_std_scores + tuple(dec.std_scores[:dec.n_star].tolist()),
-        events=state.events + ({"epoch": epoch + 1, "stages_dropped": dec.n_star,
-                                "cut": new_cut},),
-        pending=(state.store_cut, new_cut) if Strategy(strategy).caches else state.pending)
+    decision["new_cut"] = state.cut + dec.n_star
+    state = _dropped(state, dec.n_star, dec.std_scores, epoch, strategy)
   return {"scores": record, "decision": decision}, state
+
+
+def _dropped(state: DropState, n: int, std_scores, epoch: int, strategy: Strategy) -> DropState:
+  """`state` after the head's first `n` stages were dropped at the end of `epoch`."""
+  cut = state.cut + n
+  return dataclasses.replace(
+      state, cut=cut, dropped_std_scores=state.dropped_std_scores + tuple(std_scores[:n].tolist()),
+      events=state.events + ({"epoch": epoch + 1, "stages_dropped": n, "cut": cut},),
+      pending=(state.store_cut, cut) if Strategy(strategy).caches else state.pending)
+
+
+def _forced(record: dict, p, state: DropState, strategy: Strategy, epoch: int,
+            forced: Mapping[int, int]) -> tuple[dict, DropState]:
+  """The decision of a `--drop-at` schedule: drop up to forced[epoch + 1], if given."""
+  cut = forced.get(epoch + 1)
+  if not Strategy(strategy).decides or cut is None:
+    return {"scores": record, "decision": None}, state
+  n = cut - state.cut
+  if not 0 < n < len(p):   # the head's last conv stage is never dropped
+    raise ValueError(f"--drop-at {epoch + 1}:{cut} does not fit a head of stages "
+                     f"{state.cut}-{state.cut + len(p) - 1} (last conv stage kept)")
+  decision = {"forced": True, "n_star": n, "drop": True, "new_cut": cut}
+  return {"scores": record, "decision": decision}, _dropped(state, n, scoring.standardize(p),
+                                                            epoch, strategy)

@@ -21,7 +21,10 @@ slice of it; the head step is compiled once per cut (`ldjax.train.programs`).
 The `Trainer` owns the run's state and calls the pieces that hold each idea:
 the feature stores' life cycle (`ldjax.store.keeper.StoreKeeper`), the
 compiled programs (`programs`), the decision (`decisions.score_and_decide`)
-and the test evaluation (`evaluation.Evaluator`).
+and the test evaluation (`evaluation.Evaluator`). Its arrays live on the
+devices of a `sharding.Placement`: every batch is sharded over them before
+it enters a program, the variables, optimizer states and scores are
+replicated (`ldjax.train.sharding`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import decisions, optim, programs, scoring, steps
+from ldjax.train import adaptive, decisions, optim, programs, scoring, sharding, steps
 from ldjax.train.decisions import DropState
 from ldjax.train.evaluation import Evaluator
 
@@ -72,16 +75,20 @@ class Trainer:
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
     self.strategy = Strategy(strategy)
     self.n_train = len(data.x_train)
-    self.steps_per_epoch = self.n_train // cfg.batch_size
+    self.steps_per_epoch = self.n_train // cfg.batch_size   # at --batch-size: the base step
     self.tx = optim.make_optimizer(cfg, self.steps_per_epoch)
+    self.placement = sharding.Placement.of(
+        sharding.device_count(cfg.devices, cfg.batch_size))
     # A copy: the step donates its buffers, and callers reuse `variables`.
-    self.variables = jax.tree.map(jnp.copy, list(variables))
-    self.opt_states = [self.tx.init(v.get("params", {})) for v in self.variables]
+    self.variables = self.placement.replicate(list(variables))
+    self.opt_states = self.placement.replicate(
+        [self.tx.init(v.get("params", {})) for v in self.variables])
     stage_costs = costs.stage_costs(model, data.image_shape)   # one abstract trace for both
     self.shapes = [c.output_shape for c in stage_costs]
     self.macs = [c.macs for c in stage_costs]
     self.net = programs.Net(tuple(model.stages), tuple(data.image_shape), tuple(self.shapes),
-                            tuple(data.mean), tuple(data.std), cfg.precision)
+                            tuple(data.mean), tuple(data.std), cfg.precision,
+                            self.placement)
     # Stores hold `views` maps per image, of the padded image with crop (`ldjax.data.augment`).
     self.augment = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape)
     self.view_net, self.view_macs = self.net, self.macs
@@ -92,13 +99,14 @@ class Trainer:
           shapes=tuple(c.output_shape for c in view_costs))
       self.view_macs = [c.macs for c in view_costs]
     self.drop = DropState()
-    self.key = jax.random.key(cfg.seed)
+    self.key = self.placement.replicate(jax.random.key(cfg.seed))
     self.feature_dtype = storage_dtype(cfg.feature_dtype)
     self.keeper = StoreKeeper(
         self.augment.views * self.n_train, self.view_net.shapes, cfg.feature_dtype,
         memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)),
         directory=None if run_dir is None else run_dir.path / "features")
     self.step_fn: steps.Compiled | None = None
+    self.step_k = 1   # `step_fn`'s batch is cfg.batch_size * step_k (`ldjax.train.adaptive`)
     self.compiled_for: tuple[int, int] | None = None   # (store_cut, cut) of `step_fn`
     self.evaluator = Evaluator(self.net, data.x_test, data.y_test, cfg, self.variables)
     self.val_evaluator = None if data.x_val is None else Evaluator(
@@ -118,16 +126,37 @@ class Trainer:
 
   # -- programs ------------------------------------------------------------------
 
-  def compile_step(self, store_cut: int, cut: int) -> steps.Compiled:
-    """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen."""
-    return programs.train_step(self.net, self.tx, programs.structs(self.variables),
+  def compile_step(self, store_cut: int, cut: int, k: int = 1) -> steps.Compiled:
+    """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen,
+    on batches of k x --batch-size (its learning rate scaled for them)."""
+    tx = self.tx if k == 1 else optim.make_optimizer(
+        self.cfg, self.steps_per_epoch, stride=k,
+        lr_factor=adaptive.lr_scale(k, self.cfg.adaptive_lr))
+    return programs.train_step(self.net, tx, programs.structs(self.variables),
                                programs.structs(self.opt_states), store_cut, cut,
-                               self.cfg.batch_size, self.feature_dtype,
+                               self.cfg.batch_size * k, self.feature_dtype,
                                label_smoothing=self.cfg.label_smoothing)
+
+  def compile_head_step(self, store_cut: int, cut: int) -> tuple[steps.Compiled, int]:
+    """(step, k): the step of `compile_step` at the batch multiplier of `cut`, 1 unless
+    --adaptive-batch; halved while the step does not fit the device's memory."""
+    k = 1 if not self.cfg.adaptive_batch else adaptive.multiplier(
+        self.macs, cut, batch_size=self.cfg.batch_size, n_train=self.n_train,
+        max_batch_size=self.cfg.max_batch_size)
+    while True:
+      compiled = self.compile_step(store_cut, cut, k)
+      if k == 1 or adaptive.fits_memory(compiled.fn, self.placement.mesh.devices.flat[0]):
+        return compiled, k
+      k //= 2
+
+  @property
+  def batch_size(self) -> int:
+    """The batch of the current step (--batch-size, or grown by --adaptive-batch)."""
+    return self.cfg.batch_size * self.step_k
 
   def compile_first_step(self) -> None:
     """Compiles the step of the first epoch now rather than when it starts."""
-    self.step_fn, self.compiled_for = self.compile_step(0, 0), (0, 0)
+    self.step_fn, self.step_k, self.compiled_for = self.compile_step(0, 0), 1, (0, 0)
 
   def compile_extract(self, start: int, stop: int) -> steps.Compiled:
     """Stages [start, stop) on a batch of stored views, out in the store's dtype."""
@@ -143,7 +172,7 @@ class Trainer:
   def rebuild_store(self, stop: int) -> float:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
     extract = self.compile_extract(0, stop)
-    return self.keeper.rebuild(stop, functools.partial(extract.fn, self.variables[:stop]),
+    return self.keeper.rebuild(stop, self._on_devices(extract, self.variables[:stop]),
                                ViewSource(self.data.x_train, self.augment), self.cfg.batch_size)
 
   def reopen_store(self, on_disk: bool) -> None:
@@ -176,7 +205,8 @@ class Trainer:
       times["extract_store_s"] = time.perf_counter() - t0
     if compiling is not None:
       t0 = time.perf_counter()
-      self.step_fn, self.compiled_for = compiling.result(), (step_cut, self.drop.cut)
+      (self.step_fn, self.step_k), self.compiled_for = compiling.result(), (step_cut,
+                                                                             self.drop.cut)
       times["compile_s"] += time.perf_counter() - t0
     # After a failed write the new stages run on each batch instead (no store).
     fused = None if extract is None or new_store is not None else self._fused(extract, tail)
@@ -197,11 +227,15 @@ class Trainer:
   def _fused(self, extract: steps.Compiled, tail):
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
     with crop, is not a padded view: that needs its own program)."""
-    if self.augment.pad:
+    if self.augment.pad or self.batch_size != self.cfg.batch_size:
       start, stop = self.drop.pending
-      extract = programs.extraction(self.net, self.variables, start, stop, self.cfg.batch_size,
+      extract = programs.extraction(self.net, self.variables, start, stop, self.batch_size,
                                     in_dtype=self.feature_dtype, out_dtype=self.feature_dtype)
     return functools.partial(extract.fn, tail)
+
+  def _on_devices(self, extract: steps.Compiled, tail):
+    """The extraction of `tail` as the keeper calls it: a host batch in, sharded first."""
+    return lambda x: extract.fn(tail, self.placement.put_batch(x))
 
   def _reader(self, draws: Draws, store: FeatureStore | None):
     """examples -> the head's (or its frozen stages') input: augmented images, or the
@@ -248,7 +282,7 @@ class Trainer:
     if self.compiled_for == (step_cut, self.drop.cut):
       return None
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ldjax-compile")
-    future = pool.submit(self.compile_step, step_cut, self.drop.cut)
+    future = pool.submit(self.compile_head_step, step_cut, self.drop.cut)
     if new_store is not None:
       for evaluator in self._evaluators():
         evaluator.prefetch(pool, step_cut, self.variables, new_store)
@@ -266,31 +300,32 @@ class Trainer:
         on_step(epoch, i, "extract")
       bar.set_postfix_str(f"storing the outputs of stages 0-{stop - 1}: {done}/{n} images")
 
-    return self.keeper.fill(store, functools.partial(extract.fn, tail), read,
+    return self.keeper.fill(store, self._on_devices(extract, tail), read,
                             self.cfg.batch_size, on_batch)
 
   def _train(self, epoch: int, read, fused, step_cut: int, bar, should_stop, on_step):
     """The epoch's steps of the head; returns (state, scores, per-step device metrics)."""
-    cut, bs = self.drop.cut, self.cfg.batch_size
+    cut, bs = self.drop.cut, self.batch_size
     state = self.head_state(cut)
-    scores = scoring.init(state.params)
+    scores = self.placement.replicate(scoring.init(state.params))
     frozen = self.variables[step_cut:cut]
+    put = self.placement.put_batch
     perm = epoch_permutation(self.cfg.seed, epoch, self.n_train)
     metrics = []
-    for s in range(self.steps_per_epoch):
+    for s in range(self.n_train // bs):
       _poll(should_stop)
       idx = perm[s * bs:(s + 1) * bs]
-      x = read(idx)
+      x = put(read(idx))   # the batch, split over the devices
       if fused is not None:
         x = fused(x)
       if on_step is not None:
         on_step(epoch, s, "train")
-      state, scores, m = self.step_fn.fn(state, scores, frozen, x, self.data.y_train[idx],
+      state, scores, m = self.step_fn.fn(state, scores, frozen, x, put(self.data.y_train[idx]),
                                          self.key, np.int32(epoch * self.steps_per_epoch + s))
       metrics.append(m)
       if s >= 2:   # bound the work in flight without a sync on the newest step
         metrics[s - 2]["loss"].block_until_ready()
-      bar.update(1)
+      bar.update(self.step_k)   # in steps of --batch-size
     jax.block_until_ready(state)
     return state, scores, metrics
 
@@ -307,7 +342,7 @@ class Trainer:
       bad = int(np.argmin(finite))
       raise TrainingDiverged(f"weights became NaN or Inf at epoch {epoch + 1}, step {bad + 1}; "
                              "lower --lr or check the data (the last good checkpoint is kept)")
-    seen = self.steps_per_epoch * self.cfg.batch_size
+    seen = len(host) * self.batch_size
     return float(losses.mean()), 100.0 * float(sum(m["correct"] for m in host)) / seen
 
   def _commit_store(self, new_store: FeatureStore | None):
@@ -342,5 +377,5 @@ class Trainer:
     record, self.drop = decisions.score_and_decide(
         sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=self.cfg.warmup,
         epochs=self.cfg.epochs, stage_names=self.model.stage_names[cut:n_conv],
-        cut_rule=self.cfg.cut_rule)
+        cut_rule=self.cfg.cut_rule, forced=self.cfg.drop_schedule)
     return record

@@ -5,6 +5,10 @@ are computed once (float32, kept in host memory) and later evaluations run
 only the head on them: the same model, without recomputing the frozen
 prefix every epoch. The cache counts against --feature-memory-gb, after an
 in-memory training store; without room the whole model runs.
+
+Each batch is sharded over the devices of the Net's placement
+(`ldjax.train.sharding`); the batch is rounded up to a multiple of the device
+count, the padded rows masked out, like those of a last, short batch.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ class Evaluator:
   def __init__(self, net: programs.Net, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
                variables: list[dict], split: str = "test"):
     self.net, self.x, self.y, self.cfg, self.split = net, x, y, cfg, split
-    self.batch = min(cfg.eval_batch_size, len(x))
+    self.put = net.placement.put_batch
+    self.batch = net.placement.round_up(min(cfg.eval_batch_size, len(x)))
     self.eval_fn = programs.evaluation(net, variables, 0, self.batch)
     self.compile_s = self.eval_fn.seconds   # all evaluation programs so far
     # Test-set outputs of stages [0, test_cut) and the head's evaluation from there.
@@ -63,8 +68,8 @@ class Evaluator:
     outs = []
     for i in range(0, len(x), bs):
       n = len(x[i:i + bs])
-      outs.append(fn(variables, pad_rows(x[i:i + bs], bs), pad_rows(y[i:i + bs], bs),
-                     np.arange(bs) < n))
+      outs.append(fn(variables, self.put(pad_rows(x[i:i + bs], bs)),
+                     self.put(pad_rows(y[i:i + bs], bs)), self.put(np.arange(bs) < n)))
     outs = jax.device_get(outs)
     return {f"{self.split}_loss": sum(float(o["loss"]) for o in outs) / len(x),
             f"{self.split}_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
@@ -101,5 +106,6 @@ class Evaluator:
     out = np.empty((n_test, *self.net.shapes[stop - 1]), np.float32)
     for i in range(0, n_test, bs):
       n = len(x[i:i + bs])
-      out[i:i + n] = np.asarray(extract.fn(variables[start:stop], pad_rows(x[i:i + bs], bs)))[:n]
+      batch = self.put(pad_rows(x[i:i + bs], bs))
+      out[i:i + n] = np.asarray(extract.fn(variables[start:stop], batch))[:n]
     self.test_features, self.test_cut, self.head_eval_fn = out, stop, head_eval

@@ -19,15 +19,18 @@ from collections.abc import Callable
 import jax
 
 from ldjax.data.datasets import Dataset, hold_out
+from ldjax.errors import UsageError
 from ldjax.models import costs
 from ldjax.models.staged import StagedModel, count_params
 from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
+from ldjax.train import adaptive
 from ldjax.train.decisions import DropState
 from ldjax.train.epoch import Trainer, param_l2
 from ldjax.train.optim import lr_schedule
 from ldjax.train.progress import progress_bar
+from ldjax.weights import save_run_weights
 
 
 # The test metrics of an epoch that --eval-every skips.
@@ -49,7 +52,10 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "crop_pad": cfg.crop_pad, "cut_rule": cfg.cut_rule, "val_size": cfg.val_size,
           "precision": cfg.precision,
           "test_every_epoch": cfg.test_every_epoch, "seed": cfg.seed,
-          "feature_dtype": cfg.feature_dtype}
+          "feature_dtype": cfg.feature_dtype, "init_from": cfg.init_from,
+          "keep_classifier": cfg.keep_classifier, "continue_from": cfg.continue_from,
+          "adaptive_batch": cfg.adaptive_batch, "max_batch_size": cfg.max_batch_size,
+          "adaptive_lr": cfg.adaptive_lr, "drop_at": cfg.drop_at}
 
 
 def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
@@ -57,7 +63,8 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
         resume: bool = False, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
-        on_step: Callable[[int, int, str], None] | None = None) -> dict:
+        on_step: Callable[[int, int, str], None] | None = None,
+        drop: DropState | None = None, extra_summary: dict | None = None) -> dict:
   """Trains `model` on `data` with `strategy`; returns the run's summary dict.
 
   Args:
@@ -70,14 +77,23 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
       `ldjax.errors.Interrupted` (the last complete epoch is checkpointed).
     on_epoch, on_step: callbacks with each epoch's record, and with
       (epoch, step, phase) before each step.
+    drop: the drop state to start from (default: nothing dropped); a run that
+      continues another on new data starts with its cut (see
+      `ldjax.train.continuation`).
+    extra_summary: entries added to the summary (e.g. where the run continued from).
   """
   cfg.validate(len(data.x_train), data.image_shape)
   cfg.validate_strategies([strategy])
+  if cfg.drop_schedule and max(cfg.drop_schedule.values()) > model.num_conv - 1:
+    raise UsageError(f"--drop-at {cfg.drop_at}: a cut is at most {model.num_conv - 1} for "
+                     f"{model.name} (its last conv stage is never dropped)")
   if cfg.val_size and data.x_val is None:
     data = hold_out(data, cfg.val_size)
   if variables is None:
     variables = model.init(jax.random.key(cfg.seed), data.image_shape)
   trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
+  if drop is not None:
+    trainer.drop = drop
   ckpt = None if run_dir is None else Checkpointer(run_dir.path / "checkpoints")
   fp = fingerprint(model, data, cfg, strategy)
   totals = {"train_time_s": 0.0, "train_cpu_s": 0.0, "compile_time_s": trainer.eval_compile_s,
@@ -103,7 +119,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   finally:   # a save in flight is committed even when the run stops
     if ckpt is not None:
       ckpt.close()
-  return _finish(trainer, run_dir, ev, totals)
+  return _finish(trainer, run_dir, ev, totals, extra_summary or {})
 
 
 def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: dict,
@@ -174,18 +190,25 @@ def _checkpoint_bytes_to_come(trainer: Trainer, epoch: int) -> int:
   return (KEEP + 1 - min(epoch, KEEP)) * nbytes
 
 
-def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict) -> dict:
-  """The run's summary (written to summary.json); frees the store."""
+def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
+            extra: dict) -> dict:
+  """The run's summary (written to summary.json, last); frees the store."""
   summary = {"strategy": trainer.strategy.value, "model": trainer.model.name,
              "dataset": trainer.data.name, "epochs": trainer.cfg.epochs,
              "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"],
              "val_accuracy": ev.get("val_accuracy"), "val_size": trainer.cfg.val_size,
              **totals,
              "drop_events": list(trainer.drop.events), "final_cut": trainer.drop.cut,
-             "final_store_cut": trainer.drop.store_cut,
+             "final_store_cut": trainer.drop.store_cut, "devices": trainer.placement.devices,
              "store_fallbacks": trainer.keeper.fallbacks,
-             "param_l2": param_l2(trainer.variables)}
-  if run_dir is not None:
+             "param_l2": param_l2(trainer.variables),
+             "drop_state": trainer.drop.to_json(), **extra}
+  if run_dir is not None:   # the weights first: a run with a summary has them
+    data = trainer.data
+    save_run_weights(run_dir.path, trainer.model, trainer.variables, {
+        "width": trainer.cfg.width, "batch_norm": trainer.cfg.batch_norm,
+        "image_shape": list(data.image_shape), "input_mean": list(data.mean),
+        "input_std": list(data.std), "dataset": data.name, "strategy": trainer.strategy.value})
     run_dir.write_summary(summary)
   trainer.keeper.delete()   # a cache: the run is complete, free the disk
   summary["variables"] = trainer.variables
@@ -234,10 +257,12 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
            if extracted else 0)
   forward = sum(macs[forward_from:]) + extra
   train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
+  lr_scale = adaptive.lr_scale(trainer.step_k, trainer.cfg.adaptive_lr)
   return {
       "epoch": epoch + 1, "strategy": trainer.strategy.value,
-      "lr": float(lr_schedule(trainer.cfg, trainer.steps_per_epoch)(
+      "lr": lr_scale * float(lr_schedule(trainer.cfg, trainer.steps_per_epoch)(
           epoch * trainer.steps_per_epoch)),
+      "batch_size": trainer.batch_size, "lr_scale": lr_scale,
       "loss": out["loss"], "train_accuracy": out["train_accuracy"],
       "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"],
       "val_loss": ev["val_loss"], "val_accuracy": ev["val_accuracy"],

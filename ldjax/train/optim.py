@@ -32,7 +32,8 @@ import optax
 
 from ldjax.runs.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "decay_mask", "lr_schedule", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "decay_mask", "lr_schedule", "make_optimizer",
+           "strided_learning_rate"]
 
 
 def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -59,14 +60,42 @@ def decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The run's optimizer (applied to each stage's parameters on their own)."""
-  schedule = lr_schedule(cfg, steps_per_epoch)
-  if cfg.optimizer == "adamw":
-    return optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay,
-                       mask=decay_mask)
-  sgd = optax.sgd(schedule, momentum=cfg.momentum if cfg.momentum else None,
-                  nesterov=cfg.optimizer == "nesterov")
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, *, stride: int = 1,
+                   lr_factor: float = 1.0) -> optax.GradientTransformation:
+  """The run's optimizer (applied to each stage's parameters on their own).
+
+  optax's sgd / adamw chains, built from their parts so that the learning
+  rate's step can be `strided`: with `stride` k each update advances the
+  schedule by k base steps and multiplies the rate by `lr_factor` (a batch of
+  k x --batch-size, `ldjax.train.adaptive`). The optimizer state has the same
+  structure for every k, so the head's state continues across a change."""
+  lr = (optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch))
+        if stride == 1 and lr_factor == 1.0 else
+        strided_learning_rate(lr_schedule(cfg, steps_per_epoch), stride, lr_factor))
+  if cfg.optimizer == "adamw":   # optax.adamw
+    return optax.chain(optax.scale_by_adam(b1=0.9, b2=0.999),
+                       optax.add_decayed_weights(cfg.weight_decay, decay_mask), lr)
+  momentum = (optax.trace(decay=cfg.momentum, nesterov=cfg.optimizer == "nesterov")
+              if cfg.momentum else optax.identity())
+  sgd = optax.chain(momentum, lr)   # optax.sgd
   if not cfg.weight_decay:
     return sgd
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask), sgd)
+
+
+def strided_learning_rate(schedule: optax.Schedule, stride: int,
+                          factor: float) -> optax.GradientTransformation:
+  """optax.scale_by_learning_rate(schedule), its count advanced by `stride` per update
+  and its rate multiplied by `factor` (the same state: optax.ScaleByScheduleState)."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    step_size = -factor * schedule(state.count)
+    updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+    return updates, optax.ScaleByScheduleState(count=state.count + stride)
+
+  return optax.GradientTransformation(init, update)

@@ -8,6 +8,11 @@ run in a background thread while the train step donates the arrays:
   [store_cut, cut) in front, reading images (store_cut 0) or stored features;
 - `extraction`: stages [start, stop) in inference mode, for feature stores;
 - `evaluation`: summed test loss and correct count of stages [start, L).
+
+The Net's `placement` (`ldjax.train.sharding`) says which devices a program
+runs on: each is compiled for batches sharded over the mesh's "data" axis and
+for replicated variables, states and scores; on one device the mesh has one
+device and the programs are those of a plain `jax.jit`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 import optax
 
 from ldjax.train import precision, scoring, steps
+from ldjax.train.sharding import Placement
 
 
 def structs(tree):
@@ -37,6 +43,7 @@ class Net:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   precision: str = "float32"            # of the matrix products (`ldjax.train.precision`)
+  placement: Placement = dataclasses.field(default_factory=Placement.of)   # the devices
 
   @property
   def static(self) -> dict:
@@ -47,8 +54,12 @@ class Net:
   def input_struct(self, start: int, batch: int, dtype) -> jax.ShapeDtypeStruct:
     """A batch entering stage `start`: uint8 images at 0, else features of `dtype`."""
     if start == 0:
-      return jax.ShapeDtypeStruct((batch, *self.image_shape), np.uint8)
-    return jax.ShapeDtypeStruct((batch, *self.shapes[start - 1]), dtype)
+      return self.batch_struct((batch, *self.image_shape), np.uint8)
+    return self.batch_struct((batch, *self.shapes[start - 1]), dtype)
+
+  def batch_struct(self, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
+    """A batch-major array sharded over the devices' "data" axis."""
+    return self.placement.batch_struct(jax.ShapeDtypeStruct(shape, dtype))
 
 
 def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[dict],
@@ -56,12 +67,13 @@ def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[d
                feature_dtype, label_smoothing: float = 0.0) -> steps.Compiled:
   """`steps.scored_train_step` of the head [cut, L), its state and scores donated."""
   params, stats = steps.split_variables(variables[cut:])
-  state = structs(steps.TrainState(params, stats, list(opt_states[cut:])))
+  p = net.placement
+  state = p.structs(steps.TrainState(params, stats, list(opt_states[cut:])))
   return steps.compile_fn(
-      steps.scored_train_step, state, structs(scoring.init(params)),
-      structs(list(variables[store_cut:cut])), net.input_struct(store_cut, batch, feature_dtype),
-      jax.ShapeDtypeStruct((batch,), np.int32), structs(jax.random.key(0)), np.int32(0),
-      donate_argnums=(0, 1), head_stages=net.stages[cut:],
+      steps.scored_train_step, state, p.structs(scoring.init(params)),
+      p.structs(list(variables[store_cut:cut])), net.input_struct(store_cut, batch, feature_dtype),
+      net.batch_struct((batch,), np.int32), p.structs(jax.random.key(0)), np.int32(0),
+      donate_argnums=(0, 1), out_shardings=p.replicated, head_stages=net.stages[cut:],
       frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut,
       label_smoothing=label_smoothing, **net.static)
 
@@ -70,14 +82,15 @@ def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch
                in_dtype, out_dtype) -> steps.Compiled:
   """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0)."""
   return steps.compile_fn(
-      steps.extract_features, structs(list(variables[start:stop])),
-      net.input_struct(start, batch, in_dtype), stages=net.stages[start:stop],
-      out_dtype=out_dtype, **net.static)
+      steps.extract_features, net.placement.structs(list(variables[start:stop])),
+      net.input_struct(start, batch, in_dtype), out_shardings=net.placement.batch,
+      stages=net.stages[start:stop], out_dtype=out_dtype, **net.static)
 
 
 def evaluation(net: Net, variables: Sequence[dict], start: int, batch: int) -> steps.Compiled:
   """`steps.eval_step` of stages [start, L) on images (0) or float32 features."""
   return steps.compile_fn(
-      steps.eval_step, structs(list(variables[start:])),
-      net.input_struct(start, batch, np.float32), jax.ShapeDtypeStruct((batch,), np.int32),
-      jax.ShapeDtypeStruct((batch,), np.bool_), stages=net.stages[start:], **net.static)
+      steps.eval_step, net.placement.structs(list(variables[start:])),
+      net.input_struct(start, batch, np.float32), net.batch_struct((batch,), np.int32),
+      net.batch_struct((batch,), np.bool_), out_shardings=net.placement.replicated,
+      stages=net.stages[start:], **net.static)

@@ -149,10 +149,16 @@ class Compiled(NamedTuple):
   flops: float | None  # XLA's FLOP count of one call
 
 
-def compile_fn(fn, *example_args, donate_argnums=(), **static) -> Compiled:
-  """jit(partial(fn, **static)) compiled ahead of time for `example_args`' shapes."""
+def compile_fn(fn, *example_args, donate_argnums=(), out_shardings=None, **static) -> Compiled:
+  """jit(partial(fn, **static)) compiled ahead of time for `example_args`' shapes.
+
+  The inputs' shardings are those of `example_args` (`jax.ShapeDtypeStruct`s
+  may carry one); `out_shardings`, if given, places the outputs
+  (`ldjax.train.sharding`). Without either, the program runs on one device.
+  """
   t0 = time.perf_counter()
-  jitted = jax.jit(functools.partial(fn, **static), donate_argnums=donate_argnums)
+  placed = {} if out_shardings is None else {"out_shardings": out_shardings}
+  jitted = jax.jit(functools.partial(fn, **static), donate_argnums=donate_argnums, **placed)
   compiled = jitted.lower(*example_args).compile()
   seconds = time.perf_counter() - t0
   return Compiled(compiled, seconds, costs.xla_flops(compiled))

@@ -1,0 +1,121 @@
+"""Data parallelism: the batch split over the devices of a one-axis mesh, `data`.
+
+A run uses the first `--devices` visible devices (default: all of them) as a
+`jax.sharding.Mesh` with one axis, "data". Every batch that enters a
+compiled program (images, stored feature maps, labels, masks) is sharded
+along its first dimension over that axis; everything else (the weights,
+BatchNorm statistics, the optimizer states, the running score sums S and A
+of Eq. 2, the random key) is replicated on every device. The programs are
+the same jitted functions as on one device (`ldjax.train.steps`); only the
+shardings they are compiled for differ (`Placement.structs`,
+`Placement.batch_struct`, and `out_shardings`): jit partitions the global
+computation itself (GSPMD).
+
+Why the decisions do not depend on the device count: each step is still
+the computation on the global batch. The mean loss over the global batch
+differentiates to the global gradient (XLA inserts the all-reduce), BatchNorm
+normalises with the statistics of the global batch (its means over the batch
+axis are all-reduced too), dropout masks are drawn from the same key with
+partitionable threefry (`jax_threefry_partitionable`, JAX's default), so
+they do not depend on the sharding either. The score sums fold in these
+global gradients on every device alike. What changes with the device count
+is only the order of floating-point additions inside the reductions
+(relative differences around 1e-7), which moves a decision only if a score
+sits on its threshold to that precision.
+
+Every shard has the same static shape. The training batch must divide by
+the device count (training skips the incomplete last batch of an epoch, so
+every step has that shape). The evaluation batch is rounded up to a multiple
+of it instead: its padded rows are masked out like those of the last, short
+batch (`ldjax.data.batching.pad_rows`), so the result is the same, and a
+preset such as the embedded data's 250 still runs on 4 or 8 devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ldjax.errors import UsageError
+from ldjax.runs.config import TrainConfig
+
+DATA = "data"   # the mesh axis the batch is split over
+
+
+def device_count(requested: int | None, batch_size: int) -> int:
+  """The number of devices a run uses: `requested`, or all visible ones when None.
+
+  Raises UsageError (one line) when more are requested than are visible, or
+  when the training batch does not divide by the count.
+  """
+  visible = jax.device_count()
+  n = visible if requested is None else requested
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise UsageError(f"--devices must be an integer > 0 (or unset for all), got {n!r}")
+  if n > visible:
+    kind = jax.devices()[0].platform
+    raise UsageError(f"--devices {n} asks for more devices than the {visible} visible "
+                     f"({kind}); use at most {visible} or leave it unset")
+  if batch_size % n:
+    raise UsageError(f"--batch-size {batch_size} does not divide by the {n} devices; use a "
+                     f"multiple of {n} or set --devices")
+  return int(n)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+  """`cfg` with `devices` set to the count a run uses (what config.json records)."""
+  return dataclasses.replace(cfg, devices=device_count(cfg.devices, cfg.batch_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where a run's arrays live: batches sharded over "data", the rest replicated."""
+  mesh: Mesh
+
+  @classmethod
+  def of(cls, devices: int | None = None) -> "Placement":
+    """The mesh of the first `devices` visible devices (default: all)."""
+    chosen = jax.devices()[:devices] if devices is not None else jax.devices()
+    return cls(Mesh(np.asarray(chosen), (DATA,)))
+
+  @property
+  def devices(self) -> int:
+    return int(self.mesh.size)
+
+  @property
+  def batch(self) -> NamedSharding:
+    """Split along the first (batch) dimension, replicated along the others."""
+    return NamedSharding(self.mesh, PartitionSpec(DATA))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  def round_up(self, n: int) -> int:
+    """The smallest multiple of the device count that is >= n (a padded batch)."""
+    return -(-n // self.devices) * self.devices
+
+  def put_batch(self, x) -> jax.Array:
+    """A host batch (numpy: images, stored rows, labels) or a device array, sharded
+    over "data". Its length must divide by the device count."""
+    return jax.device_put(x, self.batch)
+
+  def replicate(self, tree: Any) -> Any:
+    """A copy of `tree` on every device, never an alias of its buffers: the steps
+    donate their state. (`device_put(..., may_alias=False)` alone still lets the
+    shard on the array's own device share its buffer.)"""
+    return jax.device_put(jax.tree.map(jnp.copy, tree), self.replicated)
+
+  def structs(self, tree: Any) -> Any:
+    """Shapes and dtypes of `tree`, replicated: what a program is compiled for."""
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), tree)
+
+  def batch_struct(self, struct: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    """`struct` (a batch) sharded over "data"."""
+    return jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=self.batch)
