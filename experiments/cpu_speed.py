@@ -148,7 +148,6 @@ def timed(step, feed, warm, steps):
 
 
 def torch_worker(spec):
-  import numpy as np
   import torch
   from torch import nn
   torch.set_num_threads(spec["threads"])
@@ -339,7 +338,6 @@ def flax_model(classes: int, conv_impl: str, layout: str):
 def jax_worker(spec):
   import jax
   import jax.numpy as jnp
-  import numpy as np
   import optax
   x_all, y_all, mean, std, classes = load_data()
   batch, layout = spec["batch"], spec["layout"]
@@ -416,7 +414,6 @@ CONV_SHAPES = [  # (H=W of the input, Cin, Cout, kernel, stride) of the width-0.
 def check_convs():
   import jax
   import jax.numpy as jnp
-  import numpy as np
   ref = make_conv("lax", "nhwc")
   rows = []
   for (h, ci, co, k, s) in CONV_SHAPES:

@@ -231,7 +231,10 @@ class Trainer:
       start, stop = self.drop.pending
       extract = programs.extraction(self.net, self.variables, start, stop, self.batch_size,
                                     in_dtype=self.feature_dtype, out_dtype=self.feature_dtype)
-    return functools.partial(extract.fn, tail)
+    fn = functools.partial(extract.fn, tail)
+    if jax.process_count() > 1:   # replicated for the host (`host_readable`): re-split
+      return lambda x: jax.device_put(fn(x), self.placement.batch)
+    return fn
 
   def _on_devices(self, extract: steps.Compiled, tail):
     """The extraction of `tail` as the keeper calls it: a host batch in, sharded first."""

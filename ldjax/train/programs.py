@@ -83,7 +83,7 @@ def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch
   """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0)."""
   return steps.compile_fn(
       steps.extract_features, net.placement.structs(list(variables[start:stop])),
-      net.input_struct(start, batch, in_dtype), out_shardings=net.placement.batch,
+      net.input_struct(start, batch, in_dtype), out_shardings=net.placement.host_readable,
       stages=net.stages[start:stop], out_dtype=out_dtype, **net.static)
 
 

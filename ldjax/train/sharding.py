@@ -57,6 +57,9 @@ def device_count(requested: int | None, batch_size: int) -> int:
   n = visible if requested is None else requested
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
     raise UsageError(f"--devices must be an integer > 0 (or unset for all), got {n!r}")
+  if jax.process_count() > 1 and n != visible:
+    raise UsageError(f"--devices {n}: with {jax.process_count()} processes a run uses all "
+                     f"{visible} devices of all processes; leave --devices unset")
   if n > visible:
     kind = jax.devices()[0].platform
     raise UsageError(f"--devices {n} asks for more devices than the {visible} visible "
@@ -100,15 +103,31 @@ class Placement:
     """The smallest multiple of the device count that is >= n (a padded batch)."""
     return -(-n // self.devices) * self.devices
 
+  @property
+  def host_readable(self) -> NamedSharding:
+    """The sharding of outputs the host reads whole (the extraction's feature rows):
+    the batch sharding in one process; replicated when the mesh spans several
+    processes, whose host could not read the other processes' rows."""
+    return self.batch if jax.process_count() == 1 else self.replicated
+
   def put_batch(self, x) -> jax.Array:
     """A host batch (numpy: images, stored rows, labels) or a device array, sharded
-    over "data". Its length must divide by the device count."""
+    over "data". Its length must divide by the device count.
+
+    With several processes every process passes the same global batch and puts
+    only its own devices' rows (`make_array_from_callback`), without the
+    all-process equality check `device_put` does there on every call."""
+    if jax.process_count() > 1 and not isinstance(x, jax.Array):
+      return _from_host(x, self.batch)
     return jax.device_put(x, self.batch)
 
   def replicate(self, tree: Any) -> Any:
     """A copy of `tree` on every device, never an alias of its buffers: the steps
     donate their state. (`device_put(..., may_alias=False)` alone still lets the
-    shard on the array's own device share its buffer.)"""
+    shard on the array's own device share its buffer.) With several processes
+    every process must pass the same values."""
+    if jax.process_count() > 1:
+      return jax.tree.map(lambda a: _replicated_copy(a, self.replicated), tree)
     return jax.device_put(jax.tree.map(jnp.copy, tree), self.replicated)
 
   def structs(self, tree: Any) -> Any:
@@ -119,3 +138,21 @@ class Placement:
   def batch_struct(self, struct: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
     """`struct` (a batch) sharded over "data"."""
     return jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=self.batch)
+
+
+def _from_host(x, sharding: NamedSharding) -> jax.Array:
+  """A global array of host value `x` (the same in every process): each process
+  fills only its own devices' shards, in fresh buffers."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: np.array(x[index]))
+
+
+def _replicated_copy(a, sharding: NamedSharding):
+  """`a` (host value, process-local or global array, or a typed PRNG key) replicated
+  over a mesh of several processes."""
+  if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(_replicated_copy(jax.random.key_data(a), sharding),
+                                    impl=jax.random.key_impl(a))
+  if isinstance(a, jax.Array) and not a.is_fully_addressable:
+    return jax.jit(jnp.copy, out_shardings=sharding)(a)
+  return _from_host(a, sharding)
