@@ -27,6 +27,15 @@ from pathlib import Path
 
 import pytest
 
+try:   # pytest's default (prepend) import mode puts tests/ on sys.path
+  import test_sharding as sharding_tests
+except ImportError:   # pragma: no cover - other import modes
+  import importlib.util
+  _spec = importlib.util.spec_from_file_location(
+      "test_sharding", Path(__file__).with_name("test_sharding.py"))
+  sharding_tests = importlib.util.module_from_spec(_spec)
+  _spec.loader.exec_module(sharding_tests)
+
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r'''
@@ -53,19 +62,8 @@ out = {"devices": jax.device_count(), "local": jax.local_device_count(),
 data = load_dataset("embedded", train_size=520, test_size=130)
 model = build_model("vgg11", data.image_shape, data.num_classes, width=0.0625)
 v0 = model.init(jax.random.key(0), data.image_shape)
-p = Placement.of(None)
-shapes = tuple(c.output_shape for c in costs.stage_costs(model, data.image_shape))
-net = programs.Net(tuple(model.stages), data.image_shape, shapes, data.mean, data.std,
-                   placement=p)
-tx = optax.sgd(0.05, momentum=0.9)
-variables = p.replicate(v0)
-opt = p.replicate([tx.init(v.get("params", {})) for v in variables])
-fn = programs.train_step(net, tx, programs.structs(variables), programs.structs(opt), 0, 0,
-                         64, np.float32).fn
-params, stats = steps.split_variables(variables)
-state, scores, m = fn(steps.TrainState(params, stats, opt), p.replicate(scoring.init(params)),
-                      [], p.put_batch(data.x_train[:64]), p.put_batch(data.y_train[:64]),
-                      p.replicate(jax.random.key(3)), np.int32(0))
+# <one_step>
+state, scores, m = one_step(Placement.of(None), model, data, v0)
 leaves = jax.tree.leaves(jax.device_get((m["loss"], state.params, scores.sum, scores.abs_sum)))
 out["step"] = [np.asarray(a, np.float64).ravel().tolist() for a in leaves]
 
@@ -79,6 +77,8 @@ for strategy in ("drop", "freeze"):
 if jax.process_index() == 0:
   print("RESULT " + json.dumps(out))
 '''
+
+WORKER = WORKER.replace("# <one_step>\n", sharding_tests.ONE_STEP)
 
 
 def free_port() -> int:

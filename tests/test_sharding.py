@@ -44,6 +44,24 @@ CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--t
             "--batch-size", "64", "--eval-batch-size", "50", "--epochs", "4", "--warmup", "1",
             "--lr", "0.05", "--strategy", "drop,freeze", "--no-progress"]
 
+# One SGD step of `model` from `v0` on the first 64 training images, on placement `p`
+# (the runner here and tests/test_multiprocess.py's worker both embed it).
+ONE_STEP = r'''
+def one_step(p, model, data, v0):
+  tx = optax.sgd(0.05, momentum=0.9)
+  shapes = tuple(c.output_shape for c in costs.stage_costs(model, data.image_shape))
+  net = programs.Net(tuple(model.stages), data.image_shape, shapes, data.mean, data.std,
+                     placement=p)
+  variables = p.replicate(v0)
+  opt = p.replicate([tx.init(v.get("params", {})) for v in variables])
+  fn = programs.train_step(net, tx, programs.structs(variables), programs.structs(opt), 0, 0,
+                           64, np.float32).fn
+  params, stats = steps.split_variables(variables)
+  return fn(steps.TrainState(params, stats, opt), p.replicate(scoring.init(params)),
+            [], p.put_batch(data.x_train[:64]), p.put_batch(data.y_train[:64]),
+            p.replicate(jax.random.key(3)), np.int32(0))
+'''
+
 RUNNER = r'''
 import contextlib, io, json, os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -65,26 +83,16 @@ from ldjax.train.sharding import Placement
 
 spec = json.loads(sys.argv[1])
 out = {"visible": jax.device_count()}
+# <one_step>
 
 # One train step of the whole VGG-11 (BatchNorm, dropout) on 1, 2, 4 devices.
 data = load_dataset("embedded", train_size=520, test_size=130)
 model = build_model("vgg11", data.image_shape, data.num_classes, width=0.0625)
 v0 = model.init(jax.random.key(0), data.image_shape)
-tx = optax.sgd(0.05, momentum=0.9)
-shapes = tuple(c.output_shape for c in costs.stage_costs(model, data.image_shape))
 steps_out = {}
 for n in spec["devices"]:
   p = Placement.of(n)
-  net = programs.Net(tuple(model.stages), data.image_shape, shapes, data.mean, data.std,
-                     placement=p)
-  variables = p.replicate(v0)
-  opt = p.replicate([tx.init(v.get("params", {})) for v in variables])
-  fn = programs.train_step(net, tx, programs.structs(variables), programs.structs(opt), 0, 0,
-                           64, np.float32).fn
-  params, stats = steps.split_variables(variables)
-  state, scores, m = fn(steps.TrainState(params, stats, opt), p.replicate(scoring.init(params)),
-                        [], p.put_batch(data.x_train[:64]), p.put_batch(data.y_train[:64]),
-                        p.replicate(jax.random.key(3)), np.int32(0))
+  state, scores, m = one_step(p, model, data, v0)
   steps_out[n] = jax.device_get((m["loss"], state.params, state.batch_stats, scores.sum,
                                  scores.abs_sum))
   on_mesh = jax.tree.leaves((state, scores)) + [m["loss"]]
@@ -131,6 +139,8 @@ out["resumed"] = {k: s[k] for k in ("drop_events", "final_cut", "param_l2", "tes
                                     "devices")} | {"stopped_after": len(done)}
 print("RESULT " + json.dumps(out))
 '''
+
+RUNNER = RUNNER.replace("# <one_step>\n", ONE_STEP)
 
 BAD = [
     (["--devices", "0"], "--devices must be an integer > 0"),
