@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import shlex
 import shutil
 import signal
@@ -25,7 +26,7 @@ from ldjax import cli
 from ldjax.errors import DISK_FULL, CheckpointError, Interrupted, TrainingDiverged, UsageError
 from ldjax.jsonio import read_json
 from ldjax.models.zoo import MODEL_NAMES
-from ldjax.runs import compile_cache
+from ldjax.runs import cluster, compile_cache
 from ldjax.runs.checkpoint import mount_point
 from ldjax.runs.config import (CUT_RULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
                                TrainConfig, preset_for)
@@ -155,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
   a("--devices", type=int, default=None, metavar="N",
     help="data parallelism over the first N visible devices (default: all): each batch is "
          "split over them, weights and scores replicated; --batch-size must divide by N")
+  a("--coordinator", default=None, metavar="HOST:PORT|auto",
+    help="run as one process of several (hosts): process 0's address, the same in every "
+         "process, with --num-processes and --process-id; 'auto' takes all three from a "
+         "cluster manager JAX detects (SLURM, Open MPI, ...). Every process runs the same "
+         "command; process 0 writes the work directory's files (README: Several hosts)")
+  a("--num-processes", type=int, default=None, metavar="N",
+    help="with --coordinator HOST:PORT: how many processes the run has")
+  a("--process-id", type=int, default=None, metavar="I",
+    help="with --coordinator HOST:PORT: this process's index, 0 to N-1 (0 writes the files)")
   a("--compilation-cache", default=None, metavar="DIR",
     help="keep compiled XLA programs in DIR for later runs and strategies, which then load "
          f"them instead of compiling (default: ${compile_cache.ENV}, else "
@@ -256,8 +266,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
   except SystemExit as e:   # --help (0), or a bad command line (2, one line printed)
     return int(e.code or 0)
+  with contextlib.ExitStack() as outputs:
+    return _main(args, argv, outputs)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.ExitStack) -> int:
   created = None
   try:
+    cluster.initialize(args.coordinator, args.num_processes, args.process_id)
+    if not cluster.is_primary():   # process 0 reports; the others would repeat it
+      outputs.enter_context(contextlib.redirect_stdout(io.StringIO()))
+      args.no_progress = True
+    if cluster.processes() > 1 and not args.workdir:
+      raise UsageError("with several processes give --workdir, the same directory in each "
+                       "(each process would pick its own default)")
     strategies = Strategy.parse_list(args.strategy)
     cfg = config_from_args(args)
     cfg.validate()
@@ -270,14 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     chunks = None if args.data_schedule is None else stream_chunks(args.data_schedule)
     workdir = Path(args.workdir) if args.workdir else default_workdir(cfg)
     check_workdir(workdir, args.overwrite, args.resume)
-    created = None if workdir.exists() else workdir
+    created = None if workdir.exists() or not cluster.is_primary() else workdir
     ensure_writable(workdir)   # before the slow part: loading data, building the model
+    cluster.barrier("workdir checked")   # before process 0 writes into it
     cache = compile_cache.resolve(args.compilation_cache)
     # JAX's cache setting is process-wide: `using` puts it back as it was on return.
     with compile_cache.using(cache):
       data, model = compare.prepare(cfg, strategies)
-      if args.overwrite and not args.resume:
+      if args.overwrite and not args.resume and cluster.is_primary():
         clear_run(workdir)
+      cluster.barrier("workdir cleared")
       print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
             f"{len(data.x_train)} train / {len(data.x_test)} test images "
             f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "
@@ -319,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"no space left on {where}: {what}; free space and rerun with --resume",
           file=sys.stderr)
     return 1
+  if not cluster.is_primary():   # it wrote nothing to report (and prints nothing)
+    return 0
   if len(strategies) > 1:
     print((workdir / "comparison.md").read_text())
   else:

@@ -8,14 +8,18 @@ devices' rows, the extraction's outputs are replicated so that each host
 can read the whole store (`Placement.host_readable`). Checked here:
 
 - one train step of VGG-11 on the 2-process mesh equals the 1-process step;
-- `ldjax.fit` (no work directory: nothing written, stores in memory) of
-  Drop and Freeze on 2 processes makes the 1-process run's decisions and
-  ends with its accuracy and weights (up to the order of additions);
-- Freeze equals Drop there too.
+- `python -m ldjax.run --strategy drop,freeze` started in each process with
+  `--coordinator localhost:PORT --num-processes 2 --process-id I` (which
+  joins the cluster) makes the 1-process run's decisions and ends with its
+  accuracy and weights (up to the order of additions); Freeze equals Drop
+  there too;
+- process 0 alone writes and prints the work directory's files (metrics,
+  summaries, comparison, weights), both save the orbax checkpoints, each
+  keeps its own disk feature store (`features/process-I`);
+- bad cluster flags: one line, exit status 2.
 
-Not covered (and not supported yet, see README "Several hosts"): work
-directories (metrics, checkpoints, weights, disk stores are not written by
-one process only), `python -m ldjax.run`, and data loaded per process.
+Not covered (not supported yet, see README "Several hosts"): data loaded per
+process, a store sharded by process, a resume on several processes.
 """
 
 import json
@@ -39,26 +43,33 @@ except ImportError:   # pragma: no cover - other import modes
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r'''
-import json, os, sys
+import contextlib, io, json, os, sys
 os.environ["JAX_PLATFORMS"] = "cpu"
+spec = json.loads(sys.argv[1])
+from ldjax import run
+
+# First the command line, which joins the cluster (--coordinator ...) before jax starts.
+argv = spec["cli_args"] + ["--workdir", spec["workdir"]]
+if spec["processes"] > 1:
+  argv += ["--coordinator", f"localhost:{spec['port']}", "--num-processes",
+           str(spec["processes"]), "--process-id", str(spec["rank"])]
+o = io.StringIO()
+with contextlib.redirect_stdout(o):
+  rc = run.main(argv)
+out = {"cli": {"rc": rc, "stdout": o.getvalue()}}
+
 import jax
 import numpy as np
 import optax
 
-spec = json.loads(sys.argv[1])
-if spec["processes"] > 1:
-  jax.distributed.initialize(f"localhost:{spec['port']}", spec["processes"], spec["rank"])
-
-import ldjax
 from ldjax.data.datasets import load_dataset
 from ldjax.models import costs
 from ldjax.models.zoo import build_model
-from ldjax.runs.config import TrainConfig
 from ldjax.train import programs, scoring, steps
 from ldjax.train.sharding import Placement
 
-out = {"devices": jax.device_count(), "local": jax.local_device_count(),
-       "processes": jax.process_count()}
+out |= {"devices": jax.device_count(), "local": jax.local_device_count(),
+        "processes": jax.process_count(), "rank": jax.process_index()}
 data = load_dataset("embedded", train_size=520, test_size=130)
 model = build_model("vgg11", data.image_shape, data.num_classes, width=0.0625)
 v0 = model.init(jax.random.key(0), data.image_shape)
@@ -66,16 +77,7 @@ v0 = model.init(jax.random.key(0), data.image_shape)
 state, scores, m = one_step(Placement.of(None), model, data, v0)
 leaves = jax.tree.leaves(jax.device_get((m["loss"], state.params, scores.sum, scores.abs_sum)))
 out["step"] = [np.asarray(a, np.float64).ravel().tolist() for a in leaves]
-
-cfg = TrainConfig(model="vgg11", width=0.0625, epochs=3, warmup=1, batch_size=64, lr=0.05,
-                  eval_batch_size=52)
-out["fit"] = {}
-for strategy in ("drop", "freeze"):
-  s = ldjax.fit(model, data, cfg, strategy, variables=v0, progress=False)
-  out["fit"][strategy] = {k: s[k] for k in ("drop_events", "final_cut", "final_store_cut",
-                                            "param_l2", "test_accuracy")}
-if jax.process_index() == 0:
-  print("RESULT " + json.dumps(out))
+print("RESULT " + json.dumps(out))
 '''
 
 WORKER = WORKER.replace("# <one_step>\n", sharding_tests.ONE_STEP)
@@ -87,42 +89,66 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(processes: int, devices_each: int) -> list[subprocess.Popen]:
+# A disk store (--feature-memory-gb 0): each process writes and reads its own.
+CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--test-size", "130",
+            "--batch-size", "64", "--eval-batch-size", "52", "--epochs", "3", "--warmup", "1",
+            "--lr", "0.05", "--strategy", "drop,freeze", "--feature-memory-gb", "0",
+            "--compilation-cache", "off", "--no-progress"]
+
+
+def launch(processes: int, devices_each: int, workdir: Path) -> list[tuple]:
+  """Start the processes; each writes its output to files (a full pipe would block it)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
   port = free_port()
-  return [subprocess.Popen(
-      [sys.executable, "-c", WORKER,
-       json.dumps({"processes": processes, "rank": rank, "port": port})],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for rank in range(processes)]
+  logs = workdir.parent / f"{workdir.name}-logs"
+  logs.mkdir(parents=True, exist_ok=True)
+  started = []
+  for rank in range(processes):
+    out, err = logs / f"{rank}.out", logs / f"{rank}.err"
+    with out.open("w") as o, err.open("w") as e:
+      proc = subprocess.Popen(
+          [sys.executable, "-c", WORKER,
+           json.dumps({"processes": processes, "rank": rank, "port": port,
+                       "cli_args": CLI_ARGS, "workdir": str(workdir)})],
+          cwd=REPO, env=env, stdout=o, stderr=e, text=True)
+    started.append((proc, out, err))
+  return started
 
 
-def result(procs: list[subprocess.Popen]) -> dict:
-  outs = []
+def results(started: list[tuple]) -> list[dict]:
+  """Each process's RESULT line."""
   try:
-    for proc in procs:
-      outs.append(proc.communicate(timeout=600))
+    for proc, _, _ in started:
+      proc.wait(timeout=600)
   finally:
-    for proc in procs:
+    for proc, _, _ in started:
       proc.kill()
-  for proc, (_, err) in zip(procs, outs):
-    assert proc.returncode == 0, err[-4000:]
-  line = [ln for ln in outs[0][0].splitlines() if ln.startswith("RESULT ")][-1]
-  return json.loads(line[len("RESULT "):])
+  for proc, _, err in started:
+    assert proc.returncode == 0, err.read_text()[-4000:]
+  lines = [[ln for ln in out.read_text().splitlines() if ln.startswith("RESULT ")][-1]
+           for _, out, _ in started]
+  return [json.loads(line[len("RESULT "):]) for line in lines]
+
+
+def summaries(workdir: Path) -> dict:
+  return {s: json.loads((workdir / s / "summary.json").read_text()) for s in ("drop", "freeze")}
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
   # The two processes of the cluster, then the one-process reference: on 2 cores,
   # side by side they would only slow each other down.
-  two = result(launch(2, 2))
-  one = result(launch(1, 4))
-  return {"two": two, "one": one}
+  tmp = tmp_path_factory.mktemp("multiprocess")
+  two = results(launch(2, 2, tmp / "two"))
+  one = results(launch(1, 4, tmp / "one"))
+  return {"two": two[0], "two_ranks": two, "one": one[0], "dirs": {"two": tmp / "two",
+                                                                    "one": tmp / "one"}}
 
 
 def test_the_cluster_has_four_devices_in_two_processes(runs):
-  assert (runs["two"]["processes"], runs["two"]["devices"], runs["two"]["local"]) == (2, 4, 2)
+  assert [(r["processes"], r["devices"], r["local"], r["rank"]) for r in runs["two_ranks"]] \
+      == [(2, 4, 2, 0), (2, 4, 2, 1)]
   assert (runs["one"]["processes"], runs["one"]["devices"]) == (1, 4)
 
 
@@ -132,17 +158,60 @@ def test_one_step_on_two_processes_is_the_one_process_step(runs):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_process_zero_reports_and_the_others_print_nothing(runs):
+  first, second = (r["cli"] for r in runs["two_ranks"])
+  assert first["rc"] == second["rc"] == 0
+  assert "| drop |" in first["stdout"] and "results in" in first["stdout"]
+  assert second["stdout"] == ""
+
+
+def test_the_work_directory_is_written_once(runs):
+  two, one = runs["dirs"]["two"], runs["dirs"]["one"]
+  for d in (two, one):
+    assert (d / "comparison.md").is_file() and (d / "report.md").is_file()
+    for s in ("drop", "freeze"):
+      lines = (d / s / "metrics.jsonl").read_text().splitlines()
+      assert [json.loads(ln)["epoch"] for ln in lines if '"epoch"' in ln] == [1, 2, 3]
+      assert (d / s / "weights.safetensors").is_file()
+      assert sorted(p.name for p in (d / s / "checkpoints").iterdir()) == ["1", "2", "3"]
+  config = json.loads((two / "drop" / "config.json").read_text())
+  assert config["devices"] == 4
+  # Each process kept its own disk store (emptied when the run ended).
+  assert sorted(p.name for p in (two / "drop" / "features").iterdir()) == \
+      ["process-0", "process-1"]
+  store = [json.loads(ln).get("store") for ln in
+           (two / "drop" / "metrics.jsonl").read_text().splitlines()]
+  assert {s["backing"] for s in store if s} == {"npy"}
+
+
 @pytest.mark.parametrize("strategy", ["drop", "freeze"])
 def test_fit_on_two_processes_is_the_one_process_fit(runs, strategy):
-  one, two = runs["one"]["fit"][strategy], runs["two"]["fit"][strategy]
+  one = summaries(runs["dirs"]["one"])[strategy]
+  two = summaries(runs["dirs"]["two"])[strategy]
   assert two["drop_events"] == one["drop_events"] and two["drop_events"], one
   assert two["final_cut"] == one["final_cut"]
+  assert two["devices"] == one["devices"] == 4
   assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1.0)
   assert two["param_l2"] == pytest.approx(one["param_l2"], rel=1e-3)
 
 
 def test_freeze_equals_drop_on_two_processes(runs):
-  drop, freeze = runs["two"]["fit"]["drop"], runs["two"]["fit"]["freeze"]
+  two = summaries(runs["dirs"]["two"])
+  drop, freeze = two["drop"], two["freeze"]
   assert drop["drop_events"] == freeze["drop_events"]
   assert drop["final_store_cut"] == drop["final_cut"] > 0 and freeze["final_store_cut"] == 0
   assert drop["param_l2"] == pytest.approx(freeze["param_l2"], rel=1e-5)
+
+
+def test_bad_cluster_flags_are_one_line_and_exit_2(capsys):
+  from ldjax import run
+  for argv, says in ((["--coordinator", "localhost"], "--num-processes N"),
+                     (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"],
+                      "is not HOST:PORT"),
+                     (["--num-processes", "2"], "need --coordinator"),
+                     (["--coordinator", "localhost:1", "--num-processes", "2",
+                       "--process-id", "2"], "must be in 0..1"),
+                     (["--coordinator", "auto", "--process-id", "0"], "drop --num-processes")):
+    assert run.main(argv) == 2, argv
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1, err

@@ -9,11 +9,13 @@ reader never sees half a file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 from pathlib import Path
 
 from ldjax.errors import UsageError
+from ldjax.runs import cluster
 from ldjax.jsonio import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 
@@ -32,7 +34,7 @@ def ensure_writable(path: str | os.PathLike) -> Path:
   path = Path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".ldjax_write_test"
+    probe = path / f".ldjax_write_test-{os.getpid()}"   # several processes may probe at once
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:
@@ -41,28 +43,47 @@ def ensure_writable(path: str | os.PathLike) -> Path:
   return path
 
 
-class RunDir:
-  """Files of one strategy's run."""
+def _if_writer(method):
+  """A RunDir method that does nothing in a process that does not write (`RunDir.writes`)."""
+  @functools.wraps(method)
+  def wrapper(self, *args, **kwargs):
+    if self.writes:
+      return method(self, *args, **kwargs)
+  return wrapper
 
-  def __init__(self, path: str | os.PathLike):
+
+class RunDir:
+  """Files of one strategy's run.
+
+  In a run of several processes only the primary one writes them
+  (`writes`, `ldjax.runs.cluster`); the others' writes do nothing.
+  """
+
+  def __init__(self, path: str | os.PathLike, writes: bool | None = None):
     self.path = ensure_writable(path)
     self.metrics_path = self.path / "metrics.jsonl"
+    self.writes = cluster.is_primary() if writes is None else writes
 
+  @_if_writer
   def write_config(self, config, **extra) -> None:
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     write_json_atomic(self.path / "config.json", cfg | extra | {"git_revision": git_revision()})
 
+  @_if_writer
   def start_metrics(self) -> None:
     self.metrics_path.write_text("")
 
+  @_if_writer
   def append_metrics(self, record: dict) -> None:
     append_jsonl(self.metrics_path, record)
 
+  @_if_writer
   def truncate_metrics(self, epochs: int) -> None:
     """Keeps the lines of epochs 1..`epochs` (a resumed run rewrites the rest)."""
     records = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
     write_jsonl_atomic(self.metrics_path, [r for r in records if _epoch_of(r) <= epochs])
 
+  @_if_writer
   def write_summary(self, summary: dict) -> None:
     write_json_atomic(self.path / "summary.json", summary)
 

@@ -21,7 +21,7 @@ from ldjax.jsonio import read_json, write_json_atomic
 from ldjax.models.staged import StagedModel
 from ldjax.models.zoo import build_model
 from ldjax.reporting.report import report_comparison
-from ldjax.runs import compile_cache
+from ldjax.runs import cluster, compile_cache
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
 from ldjax.train import continuation
@@ -98,8 +98,8 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     summaries[strategy] = summary
     log(f"{strategy}: test accuracy {summary['test_accuracy']:.2f}%, "
         f"training time {summary['train_time_s']:.1f} s, drops {summary['drop_events']}")
-  if len(strategies) > 1:   # comparison.md / .json (with time to accuracy), figures, report
-    report_comparison(workdir)
+  if len(strategies) > 1 and cluster.is_primary():   # comparison.md / .json (with time to
+    report_comparison(workdir)                       # accuracy), figures, report
   return summaries
 
 
@@ -131,7 +131,8 @@ def run_stream(cfg: TrainConfig, strategies: Sequence[str], chunks: Sequence[str
                        f" images, the first {'x'.join(map(str, loaded[0][0].image_shape))}; "
                        "every chunk needs the same image shape")
   workdir.mkdir(parents=True, exist_ok=True)
-  write_json_atomic(stream_file, record)
+  if cluster.is_primary():
+    write_json_atomic(stream_file, record)
   previous, out = cfg.continue_from, []
   for k, (spec, (data, model)) in enumerate(zip(chunks, loaded), 1):
     chunk_cfg = dataclasses.replace(cfg, dataset=spec, continue_from=previous,

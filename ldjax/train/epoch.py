@@ -44,6 +44,7 @@ from ldjax.data.datasets import Dataset
 from ldjax.errors import Interrupted, TrainingDiverged
 from ldjax.models import costs
 from ldjax.models.staged import StagedModel
+from ldjax.runs import cluster
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
@@ -104,7 +105,7 @@ class Trainer:
     self.keeper = StoreKeeper(
         self.augment.views * self.n_train, self.view_net.shapes, cfg.feature_dtype,
         memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)),
-        directory=None if run_dir is None else run_dir.path / "features")
+        directory=None if run_dir is None else cluster.store_directory(run_dir.path))
     self.step_fn: steps.Compiled | None = None
     self.step_k = 1   # `step_fn`'s batch is cfg.batch_size * step_k (`ldjax.train.adaptive`)
     self.compiled_for: tuple[int, int] | None = None   # (store_cut, cut) of `step_fn`

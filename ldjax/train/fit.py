@@ -203,7 +203,7 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
              "store_fallbacks": trainer.keeper.fallbacks,
              "param_l2": param_l2(trainer.variables),
              "drop_state": trainer.drop.to_json(), **extra}
-  if run_dir is not None:   # the weights first: a run with a summary has them
+  if run_dir is not None and run_dir.writes:   # the weights first: a run with a summary has them
     data = trainer.data
     save_run_weights(run_dir.path, trainer.model, trainer.variables, {
         "width": trainer.cfg.width, "batch_norm": trainer.cfg.batch_norm,

@@ -48,12 +48,16 @@ def save_run_weights(run_dir: str | os.PathLike, model: StagedModel,
 
 
 def save_orbax(path: Path, variables: list[dict]) -> None:
-  """The orbax copy, written under a temporary name and renamed over the old one."""
+  """The orbax copy, written under a temporary name and renamed over the old one.
+
+  By this process alone, also when it is one of several (`jax.distributed`)."""
   import orbax.checkpoint as ocp
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   old = path.with_name(f".{path.name}.old-{os.getpid()}")
   shutil.rmtree(tmp, ignore_errors=True)
-  checkpointer = ocp.StandardCheckpointer()
+  alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                             active_processes={jax.process_index()})
+  checkpointer = ocp.StandardCheckpointer(multiprocessing_options=alone)
   try:
     checkpointer.save(tmp.absolute(), variables)
     checkpointer.wait_until_finished()
