@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
   a("--devices", type=int, default=None, metavar="N",
     help="data parallelism over the first N visible devices (default: all): each batch is "
          "split over them, weights and scores replicated; --batch-size must divide by N")
+  a("--data-shards", type=int, default=None, metavar="N",
+    help="split the training set into N contiguous blocks: each epoch shuffles within "
+         "blocks and every batch takes batch/N examples from each, so that each process "
+         "reads and stores only its own blocks (default: one per process; give a run of "
+         "fewer processes the same N to reproduce a run of N processes)")
   a("--coordinator", default=None, metavar="HOST:PORT|auto",
     help="run as one process of several (hosts): process 0's address, the same in every "
          "process, with --num-processes and --process-id; 'auto' takes all three from a "
@@ -192,6 +197,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
            "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing,
            "augment": args.augment, "crop_pad": args.crop_pad, "cut_rule": args.cut_rule,
            "val_size": args.val_size, "precision": args.precision, "devices": args.devices,
+           "data_shards": args.data_shards,
            "init_from": args.init_from, "continue_from": args.continue_from,
            "max_batch_size": args.max_batch_size, "adaptive_lr": args.adaptive_lr,
            "drop_at": args.drop_at}

@@ -279,6 +279,48 @@ def test_epoch_permutation():
     batching.epoch_permutation(-1, 0, 10)
 
 
+def test_one_block_is_the_epoch_permutation():
+  b = batching.Blocks(1003)
+  batches = b.batches(1, 2, 100)
+  assert batches.shape == (10, 100) and (b.start, b.stop, b.used) == (0, 1003, 1003)
+  np.testing.assert_array_equal(batches.ravel(), batching.epoch_permutation(1, 2, 1003)[:1000])
+  np.testing.assert_array_equal(b.local(batches), batches)
+
+
+def test_blocks_give_each_process_its_own_examples():
+  n, shards, batch = 1003, 4, 40          # blocks of 250; 3 examples left out
+  one = batching.Blocks(n, shards)          # one process holding the 4 blocks
+  batches = one.batches(0, 3, batch)
+  assert batches.shape == (250 // 10, batch) and one.used == 1000
+  assert len(np.unique(batches)) == batches.size   # no example twice in an epoch
+  for s in range(shards):   # batch columns 10s..10s+9 come from block s, all of it per epoch
+    part = batches[:, 10 * s:10 * (s + 1)]
+    np.testing.assert_array_equal(np.sort(part.ravel()), np.arange(250 * s, 250 * (s + 1)))
+  assert not np.array_equal(batches, one.batches(0, 4, batch))
+  np.testing.assert_array_equal(batches, one.batches(0, 3, batch))
+  # Two processes make the same batches; each holds two blocks and reads only them.
+  procs = [batching.Blocks(n, shards, 2, i) for i in range(2)]
+  assert [(p.start, p.stop) for p in procs] == [(0, 500), (500, 1000)]
+  parts = []
+  for p in procs:
+    np.testing.assert_array_equal(p.batches(0, 3, batch), batches)
+    local = p.local(batches)
+    assert local.min() >= 0 and local.max() < p.local_size
+    parts.append(local + p.start)
+  np.testing.assert_array_equal(np.concatenate(parts, axis=1), batches)
+
+
+def test_bad_blocks():
+  with pytest.raises(UsageError, match="--data-shards 3 does not divide by the 2 processes"):
+    batching.Blocks(100, 3, 2, 0)
+  with pytest.raises(UsageError, match="does not divide by --data-shards 4"):
+    batching.Blocks(100, 4).check_batch(30)
+  with pytest.raises(UsageError, match="which hold 25"):
+    batching.Blocks(100, 4).check_batch(120)
+  with pytest.raises(UsageError, match="more than the 3 training"):
+    batching.Blocks(3, 4)
+
+
 def test_channel_stats_chunked_matches_float():
   rng = np.random.default_rng(0)
   # 3 * 700 * 2000 values > one 4M-value chunk, so several chunks are summed.

@@ -3,9 +3,11 @@
 Two worker processes, each with 2 simulated CPU devices, join one
 `jax.distributed` cluster on localhost (4 devices in all); a third process
 runs the same work on 4 devices of its own. Every process loads the same
-data and computes the same order; `Placement.put_batch` puts only its own
-devices' rows, the extraction's outputs are replicated so that each host
-can read the whole store (`Placement.host_readable`). Checked here:
+data and computes the same order of batches; each trains on its own blocks
+of the training set (`Placement.put_local` puts its rows of each batch) and
+keeps their maps in its store (the extraction's output stays sharded, each
+process reads its rows); the test set is whole in every process. Checked
+here:
 
 - one train step of VGG-11 on the 2-process mesh equals the 1-process step;
 - `python -m ldjax.run --strategy drop,freeze` started in each process with
@@ -13,13 +15,16 @@ can read the whole store (`Placement.host_readable`). Checked here:
   joins the cluster) makes the 1-process run's decisions and ends with its
   accuracy and weights (up to the order of additions); Freeze equals Drop
   there too;
+- each process trains on and stores only its half of the training set
+  (`ldjax.data.batching.Blocks`; the reference runs with `--data-shards 2`,
+  which makes the same batches): its store has half the one-process bytes;
 - process 0 alone writes and prints the work directory's files (metrics,
   summaries, comparison, weights), both save the orbax checkpoints, each
   keeps its own disk feature store (`features/process-I`);
 - bad cluster flags: one line, exit status 2.
 
-Not covered (not supported yet, see README "Several hosts"): data loaded per
-process, a store sharded by process, a resume on several processes.
+Not covered here (see README "Several hosts"): a resume on several processes
+(checked by hand), one process failing while the others run.
 """
 
 import json
@@ -96,7 +101,7 @@ CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--t
             "--compilation-cache", "off", "--no-progress"]
 
 
-def launch(processes: int, devices_each: int, workdir: Path) -> list[tuple]:
+def launch(processes: int, devices_each: int, workdir: Path, extra=()) -> list[tuple]:
   """Start the processes; each writes its output to files (a full pipe would block it)."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
@@ -110,7 +115,7 @@ def launch(processes: int, devices_each: int, workdir: Path) -> list[tuple]:
       proc = subprocess.Popen(
           [sys.executable, "-c", WORKER,
            json.dumps({"processes": processes, "rank": rank, "port": port,
-                       "cli_args": CLI_ARGS, "workdir": str(workdir)})],
+                       "cli_args": CLI_ARGS + list(extra), "workdir": str(workdir)})],
           cwd=REPO, env=env, stdout=o, stderr=e, text=True)
     started.append((proc, out, err))
   return started
@@ -141,7 +146,8 @@ def runs(tmp_path_factory):
   # side by side they would only slow each other down.
   tmp = tmp_path_factory.mktemp("multiprocess")
   two = results(launch(2, 2, tmp / "two"))
-  one = results(launch(1, 4, tmp / "one"))
+  # The training set in two blocks, as the two processes hold it: the same batches.
+  one = results(launch(1, 4, tmp / "one", ["--data-shards", "2"]))
   return {"two": two[0], "two_ranks": two, "one": one[0], "dirs": {"two": tmp / "two",
                                                                     "one": tmp / "one"}}
 
@@ -175,13 +181,17 @@ def test_the_work_directory_is_written_once(runs):
       assert (d / s / "weights.safetensors").is_file()
       assert sorted(p.name for p in (d / s / "checkpoints").iterdir()) == ["1", "2", "3"]
   config = json.loads((two / "drop" / "config.json").read_text())
-  assert config["devices"] == 4
-  # Each process kept its own disk store (emptied when the run ended).
+  assert config["devices"] == 4 and config["data_shards"] == 2
+  # Each process kept its own disk store (emptied when the run ended), of its own half
+  # of the training set: half the bytes of the one-process store.
   assert sorted(p.name for p in (two / "drop" / "features").iterdir()) == \
       ["process-0", "process-1"]
-  store = [json.loads(ln).get("store") for ln in
-           (two / "drop" / "metrics.jsonl").read_text().splitlines()]
-  assert {s["backing"] for s in store if s} == {"npy"}
+  stores = {}
+  for name, d in (("two", two), ("one", one)):
+    lines = (d / "drop" / "metrics.jsonl").read_text().splitlines()
+    stores[name] = [json.loads(ln)["store"] for ln in lines if json.loads(ln).get("store")]
+  assert stores["two"] and {s["backing"] for s in stores["two"]} == {"npy"}
+  assert [2 * s["bytes"] for s in stores["two"]] == [s["bytes"] for s in stores["one"]]
 
 
 @pytest.mark.parametrize("strategy", ["drop", "freeze"])
@@ -191,16 +201,27 @@ def test_fit_on_two_processes_is_the_one_process_fit(runs, strategy):
   assert two["drop_events"] == one["drop_events"] and two["drop_events"], one
   assert two["final_cut"] == one["final_cut"]
   assert two["devices"] == one["devices"] == 4
-  assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1.0)
+  # Up to the order of additions: the losses agree to a few 1e-3 (1 vs 2 devices in one
+  # process: 4.5e-3 at epoch 3), the weights' norm to ~1e-5.
+  # The test accuracy of this 3-epoch, 35-40 % net on 130 images does not: one process
+  # with 1, 2 and 4 devices ends at 40.0, 41.5 and 34.6 % (measured), so it is only
+  # checked loosely.
+  losses = {name: [json.loads(ln)["loss"] for ln in
+                   (runs["dirs"][name] / strategy / "metrics.jsonl").read_text().splitlines()]
+            for name in ("one", "two")}
+  assert losses["two"] == pytest.approx(losses["one"], rel=1e-2)
+  assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=10.0)
   assert two["param_l2"] == pytest.approx(one["param_l2"], rel=1e-3)
 
 
-def test_freeze_equals_drop_on_two_processes(runs):
-  two = summaries(runs["dirs"]["two"])
-  drop, freeze = two["drop"], two["freeze"]
+@pytest.mark.parametrize("run", ["two", "one"])   # two processes; one with --data-shards 2
+def test_freeze_equals_drop_with_blocks_of_data(runs, run):
+  both = summaries(runs["dirs"][run])
+  drop, freeze = both["drop"], both["freeze"]
   assert drop["drop_events"] == freeze["drop_events"]
   assert drop["final_store_cut"] == drop["final_cut"] > 0 and freeze["final_store_cut"] == 0
   assert drop["param_l2"] == pytest.approx(freeze["param_l2"], rel=1e-5)
+  assert drop["test_accuracy"] == freeze["test_accuracy"]
 
 
 def test_bad_cluster_flags_are_one_line_and_exit_2(capsys):

@@ -29,7 +29,7 @@ FLAGS = ["--strategy", "--dataset", "--data-dir", "--train-size", "--test-size",
          "--schedule", "--warmup-lr-epochs", "--label-smoothing", "--augment", "--crop-pad",
          "--cut-rule", "--val-size", "--test-every-epoch", "--precision", "--init-from",
          "--keep-classifier", "--continue-from", "--data-schedule", "--devices",
-         "--coordinator", "--num-processes", "--process-id",
+         "--coordinator", "--num-processes", "--process-id", "--data-shards",
          "--adaptive-batch", "--max-batch-size", "--adaptive-lr", "--drop-at"]
 
 

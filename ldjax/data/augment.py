@@ -100,6 +100,11 @@ class Draws:
   flips: np.ndarray     # bool [N]
   offsets: np.ndarray   # int [N, 2]: (dy, dx) of the crop in the padded image
 
+  def block(self, start: int, stop: int) -> Draws:
+    """The draws of examples [start, stop), indexed from 0 (one process's blocks,
+    `ldjax.data.batching.Blocks`)."""
+    return Draws(self.augment, self.flips[start:stop], self.offsets[start:stop])
+
   def rows(self, idx: np.ndarray) -> np.ndarray:
     """Store rows of the views examples `idx` draw."""
     return self.flips[idx].astype(np.int64) * len(self.flips) + idx

@@ -51,6 +51,7 @@ class TrainConfig:
   feature_dtype: str = "float32"
   feature_memory_gb: float = 4.0
   devices: int | None = None        # the first N visible devices; None: all (ldjax.train.sharding)
+  data_shards: int | None = None    # blocks of the training set; None: one per process (batching)
   init_from: str | None = None      # weights to start from (ldjax.weights)
   keep_classifier: bool = False     # refuse, not re-initialise, a classifier of other classes
   continue_from: str | None = None  # a finished run to train further (ldjax.train.continuation)
@@ -133,6 +134,12 @@ class TrainConfig:
     self.drop_schedule   # parsed: a malformed --drop-at is refused here
     if self.devices is not None:   # against the visible devices: ldjax.train.sharding
       _check_int(self.devices, "--devices", "an integer > 0 (or unset for all)", lambda v: v > 0)
+    if self.data_shards is not None:
+      _check_int(self.data_shards, "--data-shards", "an integer > 0 (or unset)",
+                 lambda v: v > 0)
+      if self.batch_size % self.data_shards:
+        raise UsageError(f"--batch-size {self.batch_size} does not divide by --data-shards "
+                         f"{self.data_shards}; use a multiple of {self.data_shards}")
     if self.train_size is not None:
       _check_int(self.train_size, "--train-size", "an integer > 0 (or unset for all)",
                  lambda v: v > 0)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldjax.data.augment import Augment, Draws, ViewSource
-from ldjax.data.batching import epoch_permutation
+from ldjax.data.batching import Blocks
 from ldjax.data.datasets import Dataset
 from ldjax.errors import Interrupted, TrainingDiverged
 from ldjax.models import costs
@@ -75,7 +75,13 @@ class Trainer:
                variables: list[dict], run_dir: RunDir | None):
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
     self.strategy = Strategy(strategy)
-    self.n_train = len(data.x_train)
+    # This process's blocks of the training set (all of it, with one process).
+    self.blocks = Blocks(len(data.x_train), cfg.data_shards or jax.process_count(),
+                         jax.process_count(), jax.process_index())
+    self.blocks.check_batch(cfg.batch_size)
+    self.n_train = self.blocks.used   # examples per epoch, over all processes
+    self.x_train = data.x_train[self.blocks.start:self.blocks.stop]
+    self.y_train = data.y_train[self.blocks.start:self.blocks.stop]
     self.steps_per_epoch = self.n_train // cfg.batch_size   # at --batch-size: the base step
     self.tx = optim.make_optimizer(cfg, self.steps_per_epoch)
     self.placement = sharding.Placement.of(
@@ -103,7 +109,7 @@ class Trainer:
     self.key = self.placement.replicate(jax.random.key(cfg.seed))
     self.feature_dtype = storage_dtype(cfg.feature_dtype)
     self.keeper = StoreKeeper(
-        self.augment.views * self.n_train, self.view_net.shapes, cfg.feature_dtype,
+        self.augment.views * len(self.x_train), self.view_net.shapes, cfg.feature_dtype,
         memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)),
         directory=None if run_dir is None else cluster.store_directory(run_dir.path))
     self.step_fn: steps.Compiled | None = None
@@ -162,7 +168,8 @@ class Trainer:
   def compile_extract(self, start: int, stop: int) -> steps.Compiled:
     """Stages [start, stop) on a batch of stored views, out in the store's dtype."""
     return programs.extraction(self.view_net, self.variables, start, stop, self.cfg.batch_size,
-                               in_dtype=self.feature_dtype, out_dtype=self.feature_dtype)
+                               in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
+                               sharded=True)
 
   def head_state(self, cut: int) -> steps.TrainState:
     params, stats = steps.split_variables(self.variables[cut:])
@@ -174,7 +181,7 @@ class Trainer:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
     extract = self.compile_extract(0, stop)
     return self.keeper.rebuild(stop, self._on_devices(extract, self.variables[:stop]),
-                               ViewSource(self.data.x_train, self.augment), self.cfg.batch_size)
+                               ViewSource(self.x_train, self.augment), self.local_batch)
 
   def reopen_store(self, on_disk: bool) -> None:
     """After a resume: the store of the dropped stages, verified, or rebuilt."""
@@ -197,10 +204,11 @@ class Trainer:
     step_cut = self.drop.pending[1] if extract is not None else read_cut
     compiling = self._compile_in_background(step_cut, new_store if extract else None)
     tail = self.variables[read_cut:step_cut]
-    draws = self.augment.draws(self.cfg.seed, epoch, self.n_train)
+    draws = self.augment.draws(self.cfg.seed, epoch, len(self.data.x_train)).block(
+        self.blocks.start, self.blocks.stop)
     if extract is not None:
       t0 = time.perf_counter()
-      views = (ViewSource(self.data.x_train, self.augment).__getitem__ if read_cut == 0
+      views = (ViewSource(self.x_train, self.augment).__getitem__ if read_cut == 0
                else self.keeper.current.read)
       new_store = self._fill(new_store, extract, tail, views, epoch, bar, should_stop, on_step)
       times["extract_store_s"] = time.perf_counter() - t0
@@ -231,21 +239,25 @@ class Trainer:
     if self.augment.pad or self.batch_size != self.cfg.batch_size:
       start, stop = self.drop.pending
       extract = programs.extraction(self.net, self.variables, start, stop, self.batch_size,
-                                    in_dtype=self.feature_dtype, out_dtype=self.feature_dtype)
-    fn = functools.partial(extract.fn, tail)
-    if jax.process_count() > 1:   # replicated for the host (`host_readable`): re-split
-      return lambda x: jax.device_put(fn(x), self.placement.batch)
-    return fn
+                                    in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
+                                    sharded=True)
+    return functools.partial(extract.fn, tail)
+
+  @property
+  def local_batch(self) -> int:
+    """This process's rows of a batch of --batch-size (all of them with one process)."""
+    return self.cfg.batch_size // jax.process_count()
 
   def _on_devices(self, extract: steps.Compiled, tail):
-    """The extraction of `tail` as the keeper calls it: a host batch in, sharded first."""
-    return lambda x: extract.fn(tail, self.placement.put_batch(x))
+    """The extraction of `tail` as the keeper calls it: this process's rows of a batch
+    in, its rows of the output back (when numpy reads them)."""
+    return lambda x: sharding.LocalRows(extract.fn(tail, self.placement.put_local(x)))
 
   def _reader(self, draws: Draws, store: FeatureStore | None):
     """examples -> the head's (or its frozen stages') input: augmented images, or the
     window of their stored views."""
     if store is None:
-      return functools.partial(draws.images, self.data.x_train)
+      return functools.partial(draws.images, self.x_train)
     size = self.shapes[store.stage_range[1] - 1][:2]
     image_size = self.data.image_shape[:2]
     return lambda idx: draws.features(store.read(draws.rows(idx)), idx, size, image_size)
@@ -296,7 +308,7 @@ class Trainer:
   def _fill(self, store: FeatureStore, extract: steps.Compiled, tail, read, epoch: int, bar,
             should_stop, on_step) -> FeatureStore | None:
     """Fills `store` with the new stages' outputs, showing images stored out of N."""
-    stop, n = store.stage_range[1], self.n_train
+    stop, n = store.stage_range[1], self.keeper.num_examples   # this process's rows
 
     def on_batch(i: int, done: int) -> None:
       _poll(should_stop)
@@ -305,7 +317,7 @@ class Trainer:
       bar.set_postfix_str(f"storing the outputs of stages 0-{stop - 1}: {done}/{n} images")
 
     return self.keeper.fill(store, self._on_devices(extract, tail), read,
-                            self.cfg.batch_size, on_batch)
+                            self.local_batch, on_batch)
 
   def _train(self, epoch: int, read, fused, step_cut: int, bar, should_stop, on_step):
     """The epoch's steps of the head; returns (state, scores, per-step device metrics)."""
@@ -313,18 +325,18 @@ class Trainer:
     state = self.head_state(cut)
     scores = self.placement.replicate(scoring.init(state.params))
     frozen = self.variables[step_cut:cut]
-    put = self.placement.put_batch
-    perm = epoch_permutation(self.cfg.seed, epoch, self.n_train)
+    put = self.placement.put_local
+    batches = self.blocks.batches(self.cfg.seed, epoch, bs)
     metrics = []
-    for s in range(self.n_train // bs):
+    for s in range(len(batches)):
       _poll(should_stop)
-      idx = perm[s * bs:(s + 1) * bs]
+      idx = self.blocks.local(batches[s])   # this process's examples of the batch
       x = put(read(idx))   # the batch, split over the devices
       if fused is not None:
         x = fused(x)
       if on_step is not None:
         on_step(epoch, s, "train")
-      state, scores, m = self.step_fn.fn(state, scores, frozen, x, put(self.data.y_train[idx]),
+      state, scores, m = self.step_fn.fn(state, scores, frozen, x, put(self.y_train[idx]),
                                          self.key, np.int32(epoch * self.steps_per_epoch + s))
       metrics.append(m)
       if s >= 2:   # bound the work in flight without a sync on the newest step
@@ -359,7 +371,8 @@ class Trainer:
       return None, None
     self.keeper.replace(new_store)
     self.drop = self.drop.stored()
-    plain = self.n_train * int(np.prod(self.shapes[pending[1] - 1])) * self.feature_dtype.itemsize
+    plain = len(self.x_train) * int(np.prod(self.shapes[pending[1] - 1])) \
+        * self.feature_dtype.itemsize
     return pending, dict(bytes=new_store.nbytes, stage_range=[0, self.drop.store_cut],
                          backing="memory" if new_store.in_memory else "npy",
                          dtype=self.cfg.feature_dtype, views=self.augment.views,

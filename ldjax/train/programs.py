@@ -79,11 +79,17 @@ def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[d
 
 
 def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch: int, *,
-               in_dtype, out_dtype) -> steps.Compiled:
-  """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0)."""
+               in_dtype, out_dtype, sharded: bool = False) -> steps.Compiled:
+  """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0).
+
+  The output is `host_readable` (every process can read all of it), or sharded
+  over "data" like its input with `sharded` (each process reads its own rows,
+  `sharding.LocalRows`; the training stores)."""
+  p = net.placement
   return steps.compile_fn(
-      steps.extract_features, net.placement.structs(list(variables[start:stop])),
-      net.input_struct(start, batch, in_dtype), out_shardings=net.placement.host_readable,
+      steps.extract_features, p.structs(list(variables[start:stop])),
+      net.input_struct(start, batch, in_dtype),
+      out_shardings=p.batch if sharded else p.host_readable,
       stages=net.stages[start:stop], out_dtype=out_dtype, **net.static)
 
 

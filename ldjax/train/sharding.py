@@ -71,8 +71,14 @@ def device_count(requested: int | None, batch_size: int) -> int:
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-  """`cfg` with `devices` set to the count a run uses (what config.json records)."""
-  return dataclasses.replace(cfg, devices=device_count(cfg.devices, cfg.batch_size))
+  """`cfg` with `devices` and `data_shards` set to what a run uses (what config.json
+  records): all devices and one block per process unless given."""
+  shards = jax.process_count() if cfg.data_shards is None else cfg.data_shards
+  if shards % jax.process_count():
+    raise UsageError(f"--data-shards {shards} does not divide by the {jax.process_count()} "
+                     f"processes; use a multiple of {jax.process_count()}")
+  return dataclasses.replace(cfg, devices=device_count(cfg.devices, cfg.batch_size),
+                             data_shards=shards)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +127,16 @@ class Placement:
       return _from_host(x, self.batch)
     return jax.device_put(x, self.batch)
 
+  def put_local(self, x) -> jax.Array:
+    """This process's rows of a global batch (numpy), sharded over "data": the
+    global batch is every process's rows in process order (`Blocks.local`). The
+    same as `put_batch` with one process."""
+    if jax.process_count() == 1:
+      return jax.device_put(x, self.batch)
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(
+        self.batch, x, (len(x) * jax.process_count(), *x.shape[1:]))
+
   def replicate(self, tree: Any) -> Any:
     """A copy of `tree` on every device, never an alias of its buffers: the steps
     donate their state. (`device_put(..., may_alias=False)` alone still lets the
@@ -138,6 +154,22 @@ class Placement:
   def batch_struct(self, struct: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
     """`struct` (a batch) sharded over "data"."""
     return jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=self.batch)
+
+
+class LocalRows:
+  """This process's rows of a batch-sharded global array, read when numpy asks for
+  them (`np.asarray`): the host can go on while the devices compute."""
+
+  def __init__(self, a: jax.Array):
+    self.a = a
+
+  def __array__(self, dtype=None, copy=None):
+    if self.a.is_fully_addressable:
+      out = np.asarray(self.a)
+    else:
+      shards = sorted(self.a.addressable_shards, key=lambda s: s.index[0].start or 0)
+      out = np.concatenate([np.asarray(s.data) for s in shards])
+    return out if dtype is None else out.astype(dtype)
 
 
 def _from_host(x, sharding: NamedSharding) -> jax.Array:
