@@ -19,7 +19,7 @@ FLAGS = {
     "test_size": "--test-size", "weight_decay": "--weight-decay",
     "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
     "crop_pad": "--crop-pad", "val_size": "--val-size", "devices": "--devices",
-    "max_batch_size": "--max-batch-size",
+    "max_batch_size": "--max-batch-size", "data_shards": "--data-shards",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -45,6 +45,7 @@ BAD = {
     "val_size": (0, -1, 100.0, NAN, True),
     "devices": (0, -1, 2.0, NAN, True, "2"),
     "max_batch_size": (0, -1, 255, 512.0, NAN, True),   # below the batch (256) too
+    "data_shards": (0, -1, 2.0, NAN, True, "2"),
 }
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
@@ -141,3 +142,9 @@ def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   assert len(lines) == 1, captured.err
   assert lines[0].startswith("error: ") and flag in lines[0], lines[0]
   assert not workdir.exists()
+
+
+def test_data_shards_must_divide_the_batch():
+  TrainConfig(data_shards=4, batch_size=256).validate()
+  with pytest.raises(UsageError, match="--batch-size 256 does not divide by --data-shards 3"):
+    TrainConfig(data_shards=3, batch_size=256).validate()
