@@ -309,7 +309,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
         clear_run(workdir)
       cluster.barrier("workdir cleared")
       print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
-            f"{len(data.x_train)} train / {len(data.x_test)} test images "
+            f"{data.num_train} train / {len(data.x_test)} test images "
             f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "
             f"{cfg.epochs} epochs, warm-up {cfg.warmup}; work directory {workdir}; "
             f"compilation cache {cache or 'off'}", flush=True)

@@ -321,6 +321,19 @@ def test_bad_blocks():
     batching.Blocks(3, 4)
 
 
+def test_keep_train_block():
+  full = data.load_dataset("embedded", train_size=100, test_size=20)
+  block = data.keep_train_block(full, 40, 70)
+  assert (block.train_start, len(block.x_train), block.num_train) == (40, 30, 100)
+  np.testing.assert_array_equal(block.x_train, full.x_train[40:70])
+  np.testing.assert_array_equal(block.y_train, full.y_train[40:70])
+  assert block.mean == full.mean and block.x_test is full.x_test and full.num_train == 100
+  with pytest.raises(ValueError, match="one block"):
+    data.hold_out(block, 10)
+  with pytest.raises(ValueError, match="one block"):
+    data.keep_train_block(block, 0, 10)
+
+
 def test_channel_stats_chunked_matches_float():
   rng = np.random.default_rng(0)
   # 3 * 700 * 2000 values > one 4M-value chunk, so several chunks are summed.

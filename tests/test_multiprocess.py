@@ -15,9 +15,10 @@ here:
   joins the cluster) makes the 1-process run's decisions and ends with its
   accuracy and weights (up to the order of additions); Freeze equals Drop
   there too;
-- each process trains on and stores only its half of the training set
-  (`ldjax.data.batching.Blocks`; the reference runs with `--data-shards 2`,
-  which makes the same batches): its store has half the one-process bytes;
+- each process holds, trains on and stores only its half of the training set
+  (`ldjax.data.batching.Blocks`, `compare.prepare`; the reference runs with
+  `--data-shards 2`, which makes the same batches): its store has half the
+  one-process bytes;
 - process 0 alone writes and prints the work directory's files (metrics,
   summaries, comparison, weights), both save the orbax checkpoints, each
   keeps its own disk feature store (`features/process-I`);
@@ -75,6 +76,11 @@ from ldjax.train.sharding import Placement
 
 out |= {"devices": jax.device_count(), "local": jax.local_device_count(),
         "processes": jax.process_count(), "rank": jax.process_index()}
+from ldjax.runs.config import TrainConfig
+from ldjax.train import compare
+held, _ = compare.prepare(TrainConfig(model="vgg11", width=0.0625, train_size=520,
+                                      test_size=130, batch_size=64), ["drop"])
+out["held"] = [held.train_start, len(held.x_train), held.num_train, len(held.x_test)]
 data = load_dataset("embedded", train_size=520, test_size=130)
 model = build_model("vgg11", data.image_shape, data.num_classes, width=0.0625)
 v0 = model.init(jax.random.key(0), data.image_shape)
@@ -98,7 +104,7 @@ def free_port() -> int:
 CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--test-size", "130",
             "--batch-size", "64", "--eval-batch-size", "52", "--epochs", "3", "--warmup", "1",
             "--lr", "0.05", "--strategy", "drop,freeze", "--feature-memory-gb", "0",
-            "--compilation-cache", "off", "--no-progress"]
+            "--no-progress"]
 
 
 def launch(processes: int, devices_each: int, workdir: Path, extra=()) -> list[tuple]:
@@ -156,6 +162,12 @@ def test_the_cluster_has_four_devices_in_two_processes(runs):
   assert [(r["processes"], r["devices"], r["local"], r["rank"]) for r in runs["two_ranks"]] \
       == [(2, 4, 2, 0), (2, 4, 2, 1)]
   assert (runs["one"]["processes"], runs["one"]["devices"]) == (1, 4)
+
+
+def test_each_process_holds_its_block_of_the_training_set(runs):
+  # [first example held, examples held, whole training set, test set]
+  assert [r["held"] for r in runs["two_ranks"]] == [[0, 260, 520, 130], [260, 260, 520, 130]]
+  assert runs["one"]["held"] == [0, 520, 520, 130]
 
 
 def test_one_step_on_two_processes_is_the_one_process_step(runs):

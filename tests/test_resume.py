@@ -605,7 +605,8 @@ def resume_cli_run(tmp_path_factory, cli_interrupted: dict) -> dict:
   """Runs the printed resume command; and, in the same process (`ldjax.run.main`),
   first tries resumes of copies of the interrupted run with changed settings."""
   changes = {"batch_size": 32, "seed": 1, "width": 0.125, "model": "vgg11",
-             "data_dir": cli_interrupted["root"]}   # the same images, another --data-dir
+             "data_dir": cli_interrupted["root"],   # the same images, another --data-dir
+             "data_shards": 2}                      # the same images, other batches
   jobs, copies = [], {}
   for key, value in changes.items():
     copies[key] = cli_interrupted["root"] / f"changed_{key}"
@@ -667,7 +668,8 @@ def test_printed_resume_command_completes(cli_resumed, cli_interrupted, referenc
   assert_same_run(summary, reference)
 
 
-@pytest.mark.parametrize("key", ["width", "model", "batch_size", "seed", "data_dir"])
+@pytest.mark.parametrize("key", ["width", "model", "batch_size", "seed", "data_dir",
+                                 "data_shards"])
 def test_resume_with_other_settings_refused(cli_resumed, cli_interrupted, key):
   rec = cli_resumed["refused"][key]
   lines = [line for line in rec["stderr"].splitlines() if line.strip()]

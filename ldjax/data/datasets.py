@@ -64,6 +64,10 @@ class Dataset:
     num_classes: number of classes (of the full dataset, not of a subset).
     mean: per-channel mean of x_train in [0, 1] pixel units.
     std: per-channel standard deviation of x_train in [0, 1] pixel units.
+    train_start, train_total: with several processes each holds only its block
+      of the training set (`keep_train_block`): x_train is examples
+      [train_start, train_start + len(x_train)) of `train_total`; mean and std
+      stay those of the whole set.
   """
   name: str
   x_train: np.ndarray
@@ -76,6 +80,13 @@ class Dataset:
 
   x_val: np.ndarray | None = None   # images held out of the training set (`hold_out`)
   y_val: np.ndarray | None = None
+  train_start: int = 0
+  train_total: int | None = None    # None: x_train is the whole training set
+
+  @property
+  def num_train(self) -> int:
+    """Examples of the whole training set (of every process's blocks)."""
+    return len(self.x_train) if self.train_total is None else self.train_total
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -157,6 +168,16 @@ def check_val_size(size: int, num_train: int) -> None:
                      f"examples); use a value in [1, {num_train - 1}]")
 
 
+def keep_train_block(data: Dataset, start: int, stop: int) -> Dataset:
+  """`data` holding only training examples [start, stop) (a copy; the rest can be
+  freed), with everything else (test and validation sets, mean, std) as it is."""
+  if data.train_total is not None:
+    raise ValueError("keep_train_block: the dataset already holds one block only")
+  return dataclasses.replace(data, x_train=data.x_train[start:stop].copy(),
+                             y_train=data.y_train[start:stop].copy(), train_start=start,
+                             train_total=len(data.x_train))
+
+
 def hold_out(data: Dataset, size: int) -> Dataset:
   """`data` with `size` training examples moved to a validation split (`x_val`, `y_val`).
 
@@ -164,6 +185,9 @@ def hold_out(data: Dataset, size: int) -> Dataset:
   `VAL_SEED`), kept in their original order, as are the training examples
   left; mean and std are recomputed on those.
   """
+  if data.train_total is not None:
+    raise ValueError("hold_out: the dataset holds one block of the training set only; "
+                     "hold the validation split out before `keep_train_block`")
   n = len(data.x_train)
   check_val_size(size, n)
   val = np.zeros(n, bool)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import jax
 
-from ldjax.data.datasets import Dataset, hold_out, load_dataset
+from ldjax.data.batching import Blocks
+from ldjax.data.datasets import Dataset, hold_out, keep_train_block, load_dataset
 from ldjax.errors import UsageError
 from ldjax.jsonio import read_json, write_json_atomic
 from ldjax.models.staged import StagedModel
@@ -33,11 +34,21 @@ from ldjax.weights import init_from
 
 
 def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, StagedModel]:
-  """Loads the data and builds the model; raises UsageError before anything is written."""
+  """Loads the data and builds the model; raises UsageError before anything is written.
+
+  With several processes each keeps only its blocks of the training set
+  (`ldjax.data.batching.Blocks`), after the validation split is held out."""
   data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
                       test_size=cfg.test_size)
   cfg.validate(len(data.x_train), data.image_shape)
   cfg.validate_strategies(strategies)
+  if jax.process_count() > 1:
+    if cfg.val_size and data.x_val is None:
+      data = hold_out(data, cfg.val_size)
+    blocks = Blocks(len(data.x_train), cfg.data_shards or jax.process_count(),
+                    jax.process_count(), jax.process_index())
+    blocks.check_batch(cfg.batch_size)
+    data = keep_train_block(data, blocks.start, blocks.stop)
   model = build_model(cfg.model, data.image_shape, data.num_classes, width=cfg.width,
                       batch_norm=cfg.batch_norm)
   return data, model
@@ -86,7 +97,7 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     if not (resume and (run_dir.path / "config.json").exists()):
       run_dir.write_config(cfg, strategy=strategy, strategies=list(strategies),
                            model_name=model.name, stage_names=list(model.stage_names),
-                           num_train=len(data.x_train), num_test=len(data.x_test),
+                           num_train=data.num_train, num_test=len(data.x_test),
                            image_shape=list(data.image_shape), num_classes=data.num_classes,
                            input_mean=list(data.mean), input_std=list(data.std))
     start = starts[strategy]
@@ -139,7 +150,7 @@ def run_stream(cfg: TrainConfig, strategies: Sequence[str], chunks: Sequence[str
                                     init_from=cfg.init_from if k == 1 else None,
                                     keep_classifier=cfg.keep_classifier if k == 1 else False)
     chunk_dir = workdir / f"chunk-{k}"
-    log(f"chunk {k}/{len(chunks)}: {data.name}, {len(data.x_train)} training images")
+    log(f"chunk {k}/{len(chunks)}: {data.name}, {data.num_train} training images")
     out.append(run_strategies(chunk_cfg, strategies, chunk_dir, data=data, model=model,
                               progress=progress, resume=resume and chunk_dir.exists(),
                               should_stop=should_stop, log=log))

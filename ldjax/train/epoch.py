@@ -76,12 +76,16 @@ class Trainer:
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
     self.strategy = Strategy(strategy)
     # This process's blocks of the training set (all of it, with one process).
-    self.blocks = Blocks(len(data.x_train), cfg.data_shards or jax.process_count(),
+    self.blocks = Blocks(data.num_train, cfg.data_shards or jax.process_count(),
                          jax.process_count(), jax.process_index())
     self.blocks.check_batch(cfg.batch_size)
     self.n_train = self.blocks.used   # examples per epoch, over all processes
-    self.x_train = data.x_train[self.blocks.start:self.blocks.stop]
-    self.y_train = data.y_train[self.blocks.start:self.blocks.stop]
+    start, stop = self.blocks.start - data.train_start, self.blocks.stop - data.train_start
+    if start < 0 or stop > len(data.x_train):
+      raise ValueError(f"the dataset holds training examples [{data.train_start}, "
+                       f"{data.train_start + len(data.x_train)}), this process needs "
+                       f"[{self.blocks.start}, {self.blocks.stop})")
+    self.x_train, self.y_train = data.x_train[start:stop], data.y_train[start:stop]
     self.steps_per_epoch = self.n_train // cfg.batch_size   # at --batch-size: the base step
     self.tx = optim.make_optimizer(cfg, self.steps_per_epoch)
     self.placement = sharding.Placement.of(
@@ -204,7 +208,7 @@ class Trainer:
     step_cut = self.drop.pending[1] if extract is not None else read_cut
     compiling = self._compile_in_background(step_cut, new_store if extract else None)
     tail = self.variables[read_cut:step_cut]
-    draws = self.augment.draws(self.cfg.seed, epoch, len(self.data.x_train)).block(
+    draws = self.augment.draws(self.cfg.seed, epoch, self.data.num_train).block(
         self.blocks.start, self.blocks.stop)
     if extract is not None:
       t0 = time.perf_counter()

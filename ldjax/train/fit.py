@@ -43,7 +43,7 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "width": cfg.width, "batch_norm": cfg.batch_norm, "dataset": data.name,
           "data_dir": cfg.data_dir,
           "image_shape": list(data.image_shape), "num_classes": data.num_classes,
-          "num_train": len(data.x_train), "num_test": len(data.x_test), "epochs": cfg.epochs,
+          "num_train": data.num_train, "num_test": len(data.x_test), "epochs": cfg.epochs,
           "warmup": cfg.warmup, "batch_size": cfg.batch_size, "lr": cfg.lr,
           "lr_decay_epoch": cfg.lr_decay_epoch, "lr_decay_factor": cfg.lr_decay_factor,
           "momentum": cfg.momentum, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
@@ -55,7 +55,8 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "feature_dtype": cfg.feature_dtype, "init_from": cfg.init_from,
           "keep_classifier": cfg.keep_classifier, "continue_from": cfg.continue_from,
           "adaptive_batch": cfg.adaptive_batch, "max_batch_size": cfg.max_batch_size,
-          "adaptive_lr": cfg.adaptive_lr, "drop_at": cfg.drop_at}
+          "adaptive_lr": cfg.adaptive_lr, "drop_at": cfg.drop_at,
+          "data_shards": cfg.data_shards or jax.process_count()}
 
 
 def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
@@ -82,7 +83,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
       `ldjax.train.continuation`).
     extra_summary: entries added to the summary (e.g. where the run continued from).
   """
-  cfg.validate(len(data.x_train), data.image_shape)
+  cfg.validate(data.num_train, data.image_shape)
   cfg.validate_strategies([strategy])
   if cfg.drop_schedule and max(cfg.drop_schedule.values()) > model.num_conv - 1:
     raise UsageError(f"--drop-at {cfg.drop_at}: a cut is at most {model.num_conv - 1} for "
