@@ -299,8 +299,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
     workdir = Path(args.workdir) if args.workdir else default_workdir(cfg)
     check_workdir(workdir, args.overwrite, args.resume)
     created = None if workdir.exists() or not cluster.is_primary() else workdir
+    cluster.barrier("workdir checked")   # by every process, before any creates it
     ensure_writable(workdir)   # before the slow part: loading data, building the model
-    cluster.barrier("workdir checked")   # before process 0 writes into it
     cache = compile_cache.resolve(args.compilation_cache)
     # JAX's cache setting is process-wide: `using` puts it back as it was on return.
     with compile_cache.using(cache):

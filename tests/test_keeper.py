@@ -149,3 +149,76 @@ def test_rebuild_fills_from_the_images_or_says_what_to_do(tmp_path):
 
 def test_bfloat16_store_halves_the_bytes():
   assert keeper(dtype="bfloat16").nbytes(1) * 2 == keeper().nbytes(1) == N * 48 * 4
+
+
+# --- several processes: `agree` makes each outcome the same in all of them ------------------
+
+
+def agreeing(others_ok: bool, calls: list):
+  """An `agree` whose other processes answer `others_ok` (the collective, stood in for)."""
+  def agree(ok):
+    calls.append(ok)
+    return bool(ok) and others_ok
+  return agree
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_store_another_process_cannot_make_is_made_by_none(tmp_path, on_disk):
+  calls = []
+  k = StoreKeeper(N, SHAPES, "float32", memory_budget_bytes=0 if on_disk else 1 << 30,
+                  directory=tmp_path / "features", agree=agreeing(False, calls))
+  with pytest.warns(UserWarning, match="another process cannot store its part"):
+    assert k.new(1) is None
+  assert calls == [True] and k.fallbacks[0]["stage_stop"] == 1
+  assert not on_disk or not list((tmp_path / "features").iterdir())   # its file removed
+
+
+def test_a_store_another_process_could_not_write_is_dropped_by_all(tmp_path):
+  calls = []
+  k = StoreKeeper(N, SHAPES, "float32", memory_budget_bytes=0, directory=tmp_path / "features",
+                  agree=agreeing(True, calls))
+  store = k.new(1)
+  k.agree = agreeing(False, calls)   # room everywhere; a write fails elsewhere
+  with pytest.warns(UserWarning, match="another process could not write its part"):
+    assert k.fill(store, extract, IMAGES.__getitem__, BATCH) is None
+  assert calls == [True, True] and not list((tmp_path / "features").iterdir())
+
+
+def test_after_a_failed_write_a_process_keeps_running_the_extraction(tmp_path):
+  # The others' extraction is a collective program: this process must call it as often.
+  calls, batches = [], []
+  k = StoreKeeper(N, SHAPES, "float32", memory_budget_bytes=0, directory=tmp_path / "features",
+                  agree=agreeing(True, calls))
+  store = k.new(1)
+
+  def failing_write(store, idx, x):
+    store.delete()
+    return k._cannot_store(1, "write failed: test")
+  k.write = failing_write
+
+  def counting(x):
+    batches.append(len(x))
+    return extract(x)
+  with pytest.warns(UserWarning, match="write failed"):
+    assert k.fill(store, counting, IMAGES.__getitem__, BATCH) is None
+  assert len(batches) == 5 and calls == [True, False]
+  # With one process (no `agree`) it stops at the failure instead.
+  k1, batches[:] = keeper(tmp_path / "one", budget=0), []
+  store = k1.new(1)
+  k1.write = lambda store, idx, x: (store.delete(), k1._cannot_store(1, "write failed"))[1]
+  with pytest.warns(UserWarning, match="write failed"):
+    assert k1.fill(store, counting, IMAGES.__getitem__, BATCH) is None
+  assert len(batches) == 2
+
+
+def test_a_store_another_process_cannot_verify_is_rebuilt_by_all(tmp_path):
+  calls = []
+  k = StoreKeeper(N, SHAPES, "float32", memory_budget_bytes=0, directory=tmp_path / "features",
+                  agree=agreeing(True, calls))
+  k.replace(k.fill(k.new(1), extract, IMAGES.__getitem__, BATCH))
+  k.current = None
+  rebuilt = []
+  k.agree = agreeing(False, calls)
+  with pytest.warns(UserWarning, match="another process's part cannot be used"):
+    k.reopen(1, True, lambda: rebuilt.append(1) or 0.0)
+  assert rebuilt == [1]

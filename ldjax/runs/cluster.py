@@ -14,7 +14,10 @@ own devices). Of a run's files, one process writes each:
   `features/process-<index>` of the run (`store_directory`).
 
 `barrier` waits until every process reaches the same point (after the work
-directory is checked, before anything is written into it).
+directory is checked, before anything is written into it; after process 0
+wrote a finished run, which the next chunk of a data schedule reads);
+`agree` makes a choice each process takes from its own state the same in
+all of them (a store that one process cannot write is written by none).
 """
 
 from __future__ import annotations
@@ -85,6 +88,20 @@ def barrier(name: str) -> None:
   if processes() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"ldjax:{name}")
+
+
+def agree(ok: bool) -> bool:
+  """Whether `ok` holds in every process (each passes its own); `ok` with one process.
+
+  For choices each process makes from its own state (room for its store,
+  whether its store verifies, whether a step fits its device) that must come
+  out the same everywhere: the processes call the same programs in the same
+  order or wait for each other forever."""
+  if processes() == 1:
+    return bool(ok)
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(ok)))))
 
 
 def store_directory(run_path: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def ensure_writable(path: str | os.PathLike) -> Path:
   path = Path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".ldjax_write_test-{os.getpid()}"   # several processes may probe at once
+    # Several processes (on several hosts) may probe at once.
+    probe = path / f".ldjax_write_test-{socket.gethostname()}-{os.getpid()}"
     probe.write_text("ok")
     probe.unlink()
   except OSError as e:

@@ -10,6 +10,13 @@ A store is held in memory when it fits `memory_budget_bytes`, otherwise in a
 memory-mapped file under `directory` whose space is reserved before the
 first write; without room either way the keeper warns, records a fallback
 and returns None instead of a store.
+
+With several processes each keeps its own store of its own examples, and
+`agree` (`ldjax.runs.cluster.agree`) makes every outcome the same in all of
+them: a store one process cannot make, write or verify is made, written or
+rebuilt by none or by all, and a process whose write failed goes on running
+the extraction (without writing) so that the others' collective programs
+find it there.
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ class StoreKeeper:
   """The feature stores of one run of `num_examples` training examples."""
 
   def __init__(self, num_examples: int, stage_shapes: Sequence[tuple], dtype: str, *,
-               memory_budget_bytes: int, directory: Path | None):
+               memory_budget_bytes: int, directory: Path | None,
+               agree: Callable[[bool], bool] | None = None):
     self.num_examples = num_examples
+    # Whether a condition holds in every process (None: one process).
+    self.agree, self.lockstep = agree or bool, agree is not None
     self.stage_shapes = list(stage_shapes)   # output shape of each stage (no batch)
     self.dtype_name, self.dtype = dtype, storage_dtype(dtype)
     self.memory_budget_bytes = memory_budget_bytes
@@ -53,7 +63,15 @@ class StoreKeeper:
     return self.num_examples * int(np.prod(self.stage_shapes[stop - 1])) * self.dtype.itemsize
 
   def new(self, stop: int) -> FeatureStore | None:
-    """An empty store for stages [0, stop), or None (with a warning) if it cannot fit."""
+    """An empty store for stages [0, stop), or None (with a warning) if it cannot fit
+    (in any process)."""
+    store = self._new(stop)
+    if not self.agree(store is not None) and store is not None:
+      store.delete()
+      return self._cannot_store(stop, "another process cannot store its part")
+    return store
+
+  def _new(self, stop: int) -> FeatureStore | None:
     nbytes = self.nbytes(stop)
     if nbytes > self.memory_budget_bytes:
       if self.directory is None:
@@ -95,23 +113,29 @@ class StoreKeeper:
     previous store). Each batch is written while the next one runs. Returns
     the finalized store, or None (with a warning) when a write failed.
     """
-    queued = None
+    stop, queued = store.stage_range[1], None
     for i, start in enumerate(range(0, self.num_examples, batch_size)):
       if on_batch is not None:
         on_batch(i, start)
       idx = np.arange(start, min(start + batch_size, self.num_examples))
       x = extract(pad_rows(read(idx), batch_size))
-      if queued is not None and (store := self.write(store, *queued)) is None:
+      if queued is not None and store is not None:
+        store = self.write(store, *queued)
+      if store is None and not self.lockstep:
         return None
       queued = (idx, x)
-    if (store := self.write(store, *queued)) is None:
-      return None
-    try:
-      store.finalize()
-      return store
-    except OSError as e:
+    if store is not None:
+      store = self.write(store, *queued)
+    if store is not None:
+      try:
+        store.finalize()
+      except OSError as e:
+        store.delete()
+        store = self._cannot_store(stop, f"finalize failed: {e}")
+    if not self.agree(store is not None) and store is not None:
       store.delete()
-      return self._cannot_store(store.stage_range[1], f"finalize failed: {e}")
+      store = self._cannot_store(stop, "another process could not write its part")
+    return store
 
   def write(self, store: FeatureStore, idx: np.ndarray, x) -> FeatureStore | None:
     """Writes one batch (its first len(idx) rows); on an I/O error, abandons the store."""
@@ -146,7 +170,9 @@ class StoreKeeper:
       return
     keep = f"features_0-{store_cut}"
     for p in self.directory.iterdir():
-      if not p.name.startswith(keep + ".") or ".tmp" in p.name:
+      if p.is_dir():   # another process count's stores (features/process-I)
+        shutil.rmtree(p)
+      elif not p.name.startswith(keep + ".") or ".tmp" in p.name:
         p.unlink()
 
   def rebuild(self, stop: int, extract: Extract, images: np.ndarray, batch_size: int,
@@ -173,14 +199,18 @@ class StoreKeeper:
     have rebuilt it on disk before being killed.
     """
     shape = (self.num_examples, *self.stage_shapes[stop - 1])
+    error = None
     try:
       if self.directory is None:
         raise StoreError("there is no work directory")
       self.current = open_store(self.directory, (0, stop), shape, self.dtype_name)
     except StoreError as e:
-      if not on_disk:
-        e = StoreError("missing: it was held in memory, which ends with the process")
-      warnings.warn(f"feature store of stages 0-{stop - 1} cannot be used ({e}); rebuilding "
-                    "it from the dropped stages' weights", stacklevel=3)
+      error = e if on_disk else StoreError(
+          "missing: it was held in memory, which ends with the process")
+    if not self.agree(error is None) and error is None:
+      self.current, error = None, StoreError("another process's part cannot be used")
+    if error is not None:
+      warnings.warn(f"feature store of stages 0-{stop - 1} cannot be used ({error}); "
+                    "rebuilding it from the dropped stages' weights", stacklevel=3)
       seconds = rebuild()
       warnings.warn(f"rebuilt the feature store in {seconds:.1f} s", stacklevel=3)

@@ -115,7 +115,8 @@ class Trainer:
     self.keeper = StoreKeeper(
         self.augment.views * len(self.x_train), self.view_net.shapes, cfg.feature_dtype,
         memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)),
-        directory=None if run_dir is None else cluster.store_directory(run_dir.path))
+        directory=None if run_dir is None else cluster.store_directory(run_dir.path),
+        agree=cluster.agree if jax.process_count() > 1 else None)
     self.step_fn: steps.Compiled | None = None
     self.step_k = 1   # `step_fn`'s batch is cfg.batch_size * step_k (`ldjax.train.adaptive`)
     self.compiled_for: tuple[int, int] | None = None   # (store_cut, cut) of `step_fn`
@@ -154,9 +155,14 @@ class Trainer:
     k = 1 if not self.cfg.adaptive_batch else adaptive.multiplier(
         self.macs, cut, batch_size=self.cfg.batch_size, n_train=self.n_train,
         max_batch_size=self.cfg.max_batch_size)
+    device = next(d for d in self.placement.mesh.devices.flat   # one of this process's
+                  if d.process_index == jax.process_index())
     while True:
       compiled = self.compile_step(store_cut, cut, k)
-      if k == 1 or adaptive.fits_memory(compiled.fn, self.placement.mesh.devices.flat[0]):
+      # With several processes only --max-batch-size caps k: their memory checks could
+      # disagree, and this runs in a thread, where a collective to agree could cross the
+      # main thread's (the processes must run the same steps).
+      if k == 1 or jax.process_count() > 1 or adaptive.fits_memory(compiled.fn, device):
         return compiled, k
       k //= 2
 

@@ -22,6 +22,7 @@ from ldjax.data.datasets import Dataset, hold_out
 from ldjax.errors import UsageError
 from ldjax.models import costs
 from ldjax.models.staged import StagedModel, count_params
+from ldjax.runs import cluster
 from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
@@ -83,7 +84,10 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
       `ldjax.train.continuation`).
     extra_summary: entries added to the summary (e.g. where the run continued from).
   """
-  cfg.validate(data.num_train, data.image_shape)
+  # The training set before a validation split that is already held out (`prepare` with
+  # several processes, or a start with other input normalization).
+  held = 0 if data.x_val is None or not cfg.val_size else len(data.x_val)
+  cfg.validate(data.num_train + held, data.image_shape)
   cfg.validate_strategies([strategy])
   if cfg.drop_schedule and max(cfg.drop_schedule.values()) > model.num_conv - 1:
     raise UsageError(f"--drop-at {cfg.drop_at}: a cut is at most {model.num_conv - 1} for "
@@ -211,6 +215,8 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
         "image_shape": list(data.image_shape), "input_mean": list(data.mean),
         "input_std": list(data.std), "dataset": data.name, "strategy": trainer.strategy.value})
     run_dir.write_summary(summary)
+  if run_dir is not None:
+    cluster.barrier("run written")   # the next chunk of a data schedule reads it
   trainer.keeper.delete()   # a cache: the run is complete, free the disk
   summary["variables"] = trainer.variables
   return summary
