@@ -36,6 +36,21 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 _BLOCKS = 0x626c6b73   # keeps the block orders apart from `epoch_permutation`'s
 
 
+def shard_count(requested: int | None) -> int:
+  """The number of blocks of a run: `requested` (--data-shards), else one per process."""
+  if requested is not None:
+    return requested
+  import jax
+  return jax.process_count()
+
+
+def check_batch_split(batch: int, shards: int) -> None:
+  """UsageError unless a batch of `batch` splits into `shards` equal parts."""
+  if batch % shards:
+    raise UsageError(f"--batch-size {batch} does not divide by --data-shards "
+                     f"{shards}; use a multiple of {shards}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Blocks:
   """The training set as `shards` equal, contiguous blocks, of which this process
@@ -56,8 +71,17 @@ class Blocks:
   processes: int = 1
   index: int = 0
 
+  @classmethod
+  def here(cls, n: int, shards: int | None = None) -> Blocks:
+    """This process's blocks of `n` examples in `shard_count(shards)` blocks."""
+    import jax
+    return cls(n, shard_count(shards), jax.process_count(), jax.process_index())
+
   def __post_init__(self):
-    if self.shards < 1 or self.shards % self.processes:
+    if isinstance(self.shards, bool) or not isinstance(self.shards, (int, np.integer)) \
+        or self.shards < 1:
+      raise UsageError(f"--data-shards must be an integer > 0 (or unset), got {self.shards!r}")
+    if self.shards % self.processes:
       raise UsageError(f"--data-shards {self.shards} does not divide by the {self.processes} "
                        f"processes; use a multiple of {self.processes}")
     if self.n < self.shards:
@@ -89,9 +113,7 @@ class Blocks:
 
   def check_batch(self, batch: int) -> None:
     """UsageError unless a batch of `batch` splits into one part per block."""
-    if batch % self.shards:
-      raise UsageError(f"--batch-size {batch} does not divide by --data-shards "
-                       f"{self.shards}; use a multiple of {self.shards}")
+    check_batch_split(batch, self.shards)
     if batch // self.shards > self.size:
       raise UsageError(f"--batch-size {batch} needs {batch // self.shards} examples from "
                        f"each of the {self.shards} data shards, which hold {self.size}; use "

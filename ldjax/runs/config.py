@@ -12,6 +12,7 @@ import math
 import numbers
 
 from ldjax.data import augment
+from ldjax.data.batching import check_batch_split
 from ldjax.data.datasets import check_val_size
 from ldjax.errors import UsageError
 from ldjax.strategy import Strategy
@@ -137,9 +138,7 @@ class TrainConfig:
     if self.data_shards is not None:
       _check_int(self.data_shards, "--data-shards", "an integer > 0 (or unset)",
                  lambda v: v > 0)
-      if self.batch_size % self.data_shards:
-        raise UsageError(f"--batch-size {self.batch_size} does not divide by --data-shards "
-                         f"{self.data_shards}; use a multiple of {self.data_shards}")
+      check_batch_split(self.batch_size, self.data_shards)
     if self.train_size is not None:
       _check_int(self.train_size, "--train-size", "an integer > 0 (or unset for all)",
                  lambda v: v > 0)

@@ -45,8 +45,7 @@ def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, Stage
   if jax.process_count() > 1:
     if cfg.val_size and data.x_val is None:
       data = hold_out(data, cfg.val_size)
-    blocks = Blocks(len(data.x_train), cfg.data_shards or jax.process_count(),
-                    jax.process_count(), jax.process_index())
+    blocks = Blocks.here(len(data.x_train), cfg.data_shards)
     blocks.check_batch(cfg.batch_size)
     data = keep_train_block(data, blocks.start, blocks.stop)
   model = build_model(cfg.model, data.image_shape, data.num_classes, width=cfg.width,

@@ -76,8 +76,7 @@ class Trainer:
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
     self.strategy = Strategy(strategy)
     # This process's blocks of the training set (all of it, with one process).
-    self.blocks = Blocks(data.num_train, cfg.data_shards or jax.process_count(),
-                         jax.process_count(), jax.process_index())
+    self.blocks = Blocks.here(data.num_train, cfg.data_shards)
     self.blocks.check_batch(cfg.batch_size)
     self.n_train = self.blocks.used   # examples per epoch, over all processes
     start, stop = self.blocks.start - data.train_start, self.blocks.stop - data.train_start
@@ -256,7 +255,7 @@ class Trainer:
   @property
   def local_batch(self) -> int:
     """This process's rows of a batch of --batch-size (all of them with one process)."""
-    return self.cfg.batch_size // jax.process_count()
+    return self.cfg.batch_size // self.blocks.processes
 
   def _on_devices(self, extract: steps.Compiled, tail):
     """The extraction of `tail` as the keeper calls it: this process's rows of a batch

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import jax
 
+from ldjax.data.batching import shard_count
 from ldjax.data.datasets import Dataset, hold_out
 from ldjax.errors import UsageError
 from ldjax.models import costs
@@ -57,7 +58,7 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "keep_classifier": cfg.keep_classifier, "continue_from": cfg.continue_from,
           "adaptive_batch": cfg.adaptive_batch, "max_batch_size": cfg.max_batch_size,
           "adaptive_lr": cfg.adaptive_lr, "drop_at": cfg.drop_at,
-          "data_shards": cfg.data_shards or jax.process_count()}
+          "data_shards": shard_count(cfg.data_shards)}
 
 
 def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,

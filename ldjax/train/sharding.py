@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ldjax.data.batching import shard_count
 from ldjax.errors import UsageError
 from ldjax.runs.config import TrainConfig
 
@@ -72,13 +73,10 @@ def device_count(requested: int | None, batch_size: int) -> int:
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
   """`cfg` with `devices` and `data_shards` set to what a run uses (what config.json
-  records): all devices and one block per process unless given."""
-  shards = jax.process_count() if cfg.data_shards is None else cfg.data_shards
-  if shards % jax.process_count():
-    raise UsageError(f"--data-shards {shards} does not divide by the {jax.process_count()} "
-                     f"processes; use a multiple of {jax.process_count()}")
+  records): all devices and one block per process unless given (`Blocks` checks
+  the blocks against the processes)."""
   return dataclasses.replace(cfg, devices=device_count(cfg.devices, cfg.batch_size),
-                             data_shards=shards)
+                             data_shards=shard_count(cfg.data_shards))
 
 
 @dataclasses.dataclass(frozen=True)
