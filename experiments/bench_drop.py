@@ -227,7 +227,7 @@ class HeadTimer:
 
   def _call(self, carry, i):
     st, sc, _ = self.compiled.fn(*carry, self.frozen, self.x, self.y, self.key,
-                                 self.step_ids[i % len(self.step_ids)])
+                                 self.step_ids[i % len(self.step_ids)], np.float32(0))
     return st, sc
 
   def time(self, steps: int, repeats: int = 1) -> float:

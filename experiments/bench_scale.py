@@ -150,7 +150,7 @@ class StepTimer:
     cpu0, t0 = time.process_time(), time.perf_counter()
     for _ in range(steps):
       state, scores, _ = self.compiled.fn(*self.carry, self.frozen, self.x, self.y, self.key,
-                                          np.int32(self.i))
+                                          np.int32(self.i), np.float32(0))
       self.carry, self.i = (state, scores), self.i + 1
     jax.block_until_ready(self.carry)
     return time.perf_counter() - t0, time.process_time() - cpu0

@@ -28,8 +28,8 @@ from ldjax.jsonio import read_json
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import cluster, compile_cache
 from ldjax.runs.checkpoint import mount_point
-from ldjax.runs.config import (CUT_RULES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES,
-                               TrainConfig, preset_for)
+from ldjax.runs.config import (CUT_RULES, DECISION_RULES, OPTIMIZERS, PRECISIONS, RECIPES,
+                               SCHEDULES, TrainConfig, preset_for)
 from ldjax.runs.workdir import ensure_writable
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
 from ldjax.train import compare, sharding
@@ -93,6 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
   a("--cut-rule", default=None, choices=CUT_RULES,
     help="reading of Eq. 4: sign-change (the formula: stages up to the first P' > 0 followed "
          "by P' < 0; default) or max-prefix (the text: the leading run of maximum sum)")
+  a("--crop-store", default=None, metavar="HOW",
+    help="how a feature store serves --augment crop after a drop: views (exact: each image "
+         "has --crop-views fixed views, a crop and a flip each, stored once; Freeze and Drop "
+         "pick one per epoch; default) or window (approximate: a window of the padded "
+         "image's stored map, offset rounded to the map's stride)")
+  a("--crop-views", type=int, default=None, metavar="K",
+    help="exact views per image with --crop-store views (default 4); the store holds K "
+         "maps per image")
+  a("--decision-rule", default=None, metavar="RULE",
+    help=f"drop decision after the warm-up: {', '.join(DECISION_RULES)}. paper: Eqs. 3-4 "
+         "and the median rule on one epoch's scores (default of --recipe paper); stable: "
+         "the same on scores averaged over two epochs, with a margin around P' = 0, and "
+         "no drop that does not pay for its extraction (default of --recipe strong)")
+  a("--budget", type=float, default=None, metavar="B",
+    help="train each strategy to a compute budget of B reference epochs (B times the "
+         "cost of one epoch of the whole model, from --cost-table) instead of --epochs; "
+         "the learning-rate schedule follows the fraction of the budget spent and ends "
+         "with it, so cheaper epochs buy more of them (the fair comparison of No Train No "
+         "Gain)")
+  a("--cost-table", default=None, metavar="macs|measure|FILE",
+    help="the costs --budget charges: macs (training multiply-accumulates, deterministic; "
+         "default), measure (median step times measured once at the start, interleaved, "
+         "shared by the strategies) or a JSON file written by a run (cost_table.json)")
   a("--val-size", type=int, default=None, metavar="N",
     help="hold N training images out (a fixed choice, the same for every seed) as a "
          "validation split: evaluated every --eval-every epochs and logged as val_accuracy "
@@ -196,6 +219,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
            "weight_decay": args.weight_decay, "schedule": args.schedule,
            "warmup_lr_epochs": args.warmup_lr_epochs, "label_smoothing": args.label_smoothing,
            "augment": args.augment, "crop_pad": args.crop_pad, "cut_rule": args.cut_rule,
+           "crop_store": args.crop_store, "crop_views": args.crop_views,
+           "decision_rule": args.decision_rule, "budget": args.budget,
+           "cost_table": args.cost_table,
            "val_size": args.val_size, "precision": args.precision, "devices": args.devices,
            "data_shards": args.data_shards,
            "init_from": args.init_from, "continue_from": args.continue_from,

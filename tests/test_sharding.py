@@ -59,7 +59,7 @@ def one_step(p, model, data, v0):
   params, stats = steps.split_variables(variables)
   return fn(steps.TrainState(params, stats, opt), p.replicate(scoring.init(params)),
             [], p.put_batch(data.x_train[:64]), p.put_batch(data.y_train[:64]),
-            p.replicate(jax.random.key(3)), np.int32(0))
+            p.replicate(jax.random.key(3)), np.int32(0), np.float32(0))
 '''
 
 RUNNER = r'''

@@ -43,6 +43,11 @@ class TrainConfig:
   augment: str = "none"          # none | flip | crop | flip,crop (ldjax.data.augment)
   crop_pad: int | None = None    # crop's padding in pixels; None: 4 at 32x32, 2 at 28x28
   cut_rule: str = "sign-change"  # reading of Eq. 4: sign-change | max-prefix
+  crop_store: str = "views"      # how a store serves crop: views (exact) | window (ldjax.data.augment)
+  crop_views: int | None = None  # exact views per image with crop_store views; None: 4
+  decision_rule: str = "paper"   # paper | stable (ldjax.train.scoring.DECISION_RULES)
+  budget: float | None = None    # train to this many reference epochs (ldjax.train.budget)
+  cost_table: str = "macs"       # macs | measure | a cost table file (ldjax.train.budget)
   val_size: int | None = None    # training images held out for validation
   precision: str = "float32"     # of convolutions and dense layers: float32 | bfloat16
   test_every_epoch: bool = False  # with val_size: the test set too, not only at the end
@@ -120,11 +125,25 @@ class TrainConfig:
       raise UsageError("--keep-classifier applies to --init-from or --continue-from only")
     _check_choice(self.augment, "--augment", augment.NAMES)
     _check_choice(self.cut_rule, "--cut-rule", CUT_RULES)
+    _check_choice(self.crop_store, "--crop-store", augment.CROP_STORES)
+    if self.crop_views is not None:
+      _check_int(self.crop_views, "--crop-views", "an integer >= 1 (or unset for "
+                 f"{augment.DEFAULT_CROP_VIEWS})", lambda v: v >= 1)
+    _check_choice(self.decision_rule, "--decision-rule", DECISION_RULES)
+    if self.budget is not None:
+      _check_float(self.budget, "--budget", "a finite number > 0 (reference epochs)",
+                   lambda v: v > 0)
+      if self.budget < 1:
+        raise UsageError(f"--budget {self.budget} is less than one epoch of the whole model, "
+                         "the first epoch of every strategy; give --budget >= 1")
+    if not isinstance(self.cost_table, str) or not self.cost_table:
+      raise UsageError(f"--cost-table must be macs, measure or a file, got {self.cost_table!r}")
     _check_choice(self.precision, "--precision", PRECISIONS)
     if self.crop_pad is not None:
       _check_int(self.crop_pad, "--crop-pad", "an integer > 0 (or unset)", lambda v: v > 0)
     if image_shape is not None:
-      augment.Augment.parse(self.augment, self.crop_pad, image_shape)
+      augment.Augment.parse(self.augment, self.crop_pad, image_shape, self.crop_store,
+                            self.crop_views)
     if self.feature_dtype not in ("float32", "bfloat16"):
       raise UsageError(f"--feature-dtype must be float32 or bfloat16, got {self.feature_dtype}")
     _check_float(self.feature_memory_gb, "--feature-memory-gb", "a finite number >= 0",
@@ -161,9 +180,10 @@ class TrainConfig:
     _check_float(self.weight_decay, "--weight-decay", "a finite number >= 0", lambda v: v >= 0)
     _check_float(self.label_smoothing, "--label-smoothing", "a finite number in [0, 1)",
                  lambda v: 0 <= v < 1)
+    length, name = ((self.epochs, "--epochs") if self.budget is None
+                    else (self.budget, "--budget"))
     _check_int(self.warmup_lr_epochs, "--warmup-lr-epochs",
-               f"an integer in [0, --epochs) = [0, {self.epochs})",
-               lambda v: 0 <= v < self.epochs)
+               f"an integer in [0, {name}) = [0, {length})", lambda v: 0 <= v < length)
     if self.optimizer == "nesterov" and not self.momentum:
       raise UsageError("--optimizer nesterov needs --momentum > 0")
     if self.schedule_name == "step" and self.lr_decay_epoch is None:
@@ -189,8 +209,10 @@ class TrainConfig:
     """The strategies parsed; UsageError for an unknown one, or a warm-up that leaves
     freeze/drop no epoch to decide in."""
     parsed = [Strategy.parse(s) for s in strategies]
-    if any(s.decides for s in parsed) and self.warmup >= self.epochs:
-      raise UsageError(f"--warmup ({self.warmup}) must be smaller than --epochs ({self.epochs}) "
+    length, name = ((self.epochs, "--epochs") if self.budget is None
+                    else (self.budget, "--budget"))
+    if any(s.decides for s in parsed) and self.warmup >= length:
+      raise UsageError(f"--warmup ({self.warmup}) must be smaller than {name} ({length}) "
                        "for freeze/drop to take any decision")
     return parsed
 
@@ -218,6 +240,7 @@ def _check_int(value, flag: str, expected: str, in_range) -> None:
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 CUT_RULES = ("sign-change", "max-prefix")   # ldjax.train.scoring.CUT_RULES
+DECISION_RULES = ("paper", "stable")        # ldjax.train.scoring.DECISION_RULES
 PRECISIONS = ("float32", "bfloat16")         # ldjax.train.precision
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 ADAPTIVE_LR_RULES = ("linear", "sqrt")       # ldjax.train.adaptive.LR_RULES

@@ -10,12 +10,18 @@ the drop state: it returns the epoch's score record and the next state.
 With `forced` (`--drop-at`, {1-based epoch: cut}) the cuts come from that
 schedule instead of Eq. 4 and the median rule: the scores are still computed
 and logged, and the dropped stages' standardized scores still recorded.
+
+`rule` picks the decision rule (`ldjax.train.scoring.DECISION_RULES`). The
+"stable" rule reads the head's scores of the previous epoch, which the state
+keeps (`previous`), and a drop it proposes must also pay: `pays(new_cut)`
+(from the run's cost table, `ldjax.train.budget`) says whether the extraction
+costs less than the training time the drop saves over what remains of the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ldjax.strategy import Strategy
 from ldjax.train import scoring
@@ -29,6 +35,7 @@ class DropState:
   dropped_std_scores: tuple[float, ...] = ()
   events: tuple[dict, ...] = ()
   pending: tuple[int, int] | None = None   # (start, stop) to extract in the next epoch
+  previous: tuple[int, tuple[float, ...]] | None = None   # (cut, P of the head) last epoch
 
   def stored(self) -> "DropState":
     """After the pending extraction's store was written: the head reads it."""
@@ -42,40 +49,58 @@ class DropState:
     return {"cut": self.cut, "store_cut": self.store_cut,
             "dropped_std_scores": list(self.dropped_std_scores),
             "events": [dict(e) for e in self.events],
-            "pending": None if self.pending is None else list(self.pending)}
+            "pending": None if self.pending is None else list(self.pending),
+            "previous": None if self.previous is None
+            else [self.previous[0], list(self.previous[1])]}
 
   @classmethod
   def from_json(cls, d: dict) -> "DropState":
     return cls(int(d["cut"]), int(d["store_cut"]),
                tuple(float(s) for s in d["dropped_std_scores"]),
                tuple(dict(e) for e in d["events"]),
-               None if d["pending"] is None else (int(d["pending"][0]), int(d["pending"][1])))
+               None if d["pending"] is None else (int(d["pending"][0]), int(d["pending"][1])),
+               None if d.get("previous") is None
+               else (int(d["previous"][0]), tuple(float(x) for x in d["previous"][1])))
 
 
 def score_and_decide(sums: Sequence, abs_sums: Sequence, state: DropState, *,
-                     strategy: Strategy, epoch: int, warmup: int, epochs: int,
+                     strategy: Strategy, epoch: int, warmup: int, epochs: int | None = None,
                      stage_names: Sequence[str], cut_rule: str = "sign-change",
-                     forced: Mapping[int, int] | None = None) -> tuple[dict, DropState]:
+                     forced: Mapping[int, int] | None = None, rule: str = "paper",
+                     last: bool | None = None,
+                     pays: Callable[[int], bool] | None = None) -> tuple[dict, DropState]:
   """Scores the head's conv stages and, for Freeze and Drop after the warm-up, decides.
 
   `sums` and `abs_sums` are the epoch's running sums (S and A of Eq. 2) of
   the head's conv stages [state.cut, n_conv), named `stage_names`; `epoch` is
-  0-based. Returns ({"scores": ..., "decision": ...}, the next state).
+  0-based; `last` says whether it is the run's last epoch (default: epoch ==
+  epochs - 1), after which nothing is decided. Returns ({"scores": ...,
+  "decision": ...}, the next state).
   """
   p = scoring.layer_scores(sums, abs_sums)
   record = {"stages": list(stage_names), "P": p.tolist(),
             "P_std": scoring.standardize(p).tolist(), "aapd": scoring.aapd(abs_sums).tolist()}
+  previous = (state.previous[1] if state.previous is not None
+              and state.previous[0] == state.cut else None)
+  if rule == "stable":   # the next epoch's decision reads these scores
+    state = dataclasses.replace(state, previous=(state.cut, tuple(p.tolist())))
   # Algorithm 1 scores and decides in the epochs that train on `Data`, not in
   # the save_features epoch that follows a drop; Freeze mirrors that.
   after_drop = bool(state.events) and state.events[-1]["epoch"] == epoch
   if forced is not None:
     return _forced(record, p, state, strategy, epoch, forced)
+  last = epoch >= epochs - 1 if last is None else last
   if not (Strategy(strategy).decides and epoch >= warmup and not after_drop
-          and epoch < epochs - 1 and len(p) > 1):
+          and not last and len(p) > 1):
     return {"scores": record, "decision": None}, state
-  dec = scoring.decide(p, state.dropped_std_scores, cut_rule)
+  dec = scoring.decide(p, state.dropped_std_scores, cut_rule, rule, previous)
   decision = {"n_star": dec.n_star, "Mc": dec.median_candidates,
               "Md": dec.median_dropped, "drop": dec.drop}
+  if rule != "paper":
+    decision["P_used"] = dec.std_scores.tolist()
+  if dec.drop and pays is not None and not pays(state.cut + dec.n_star):
+    decision |= {"drop": False, "not_paying": True}
+    return {"scores": record, "decision": decision}, state
   if dec.drop:
     decision["new_cut"] = state.cut + dec.n_star
     state = _dropped(state, dec.n_star, dec.std_scores, epoch, strategy)

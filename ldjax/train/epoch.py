@@ -50,7 +50,7 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import adaptive, decisions, optim, programs, scoring, sharding, steps
+from ldjax.train import adaptive, budget, decisions, optim, programs, scoring, sharding, steps
 from ldjax.train.decisions import DropState
 from ldjax.train.evaluation import Evaluator
 
@@ -72,7 +72,8 @@ class Trainer:
   step); `fit` drives it epoch by epoch."""
 
   def __init__(self, model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str,
-               variables: list[dict], run_dir: RunDir | None):
+               variables: list[dict], run_dir: RunDir | None,
+               cost_table: budget.CostTable | None = None):
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
     self.strategy = Strategy(strategy)
     # This process's blocks of the training set (all of it, with one process).
@@ -86,29 +87,42 @@ class Trainer:
                        f"[{self.blocks.start}, {self.blocks.stop})")
     self.x_train, self.y_train = data.x_train[start:stop], data.y_train[start:stop]
     self.steps_per_epoch = self.n_train // cfg.batch_size   # at --batch-size: the base step
-    self.tx = optim.make_optimizer(cfg, self.steps_per_epoch)
     self.placement = sharding.Placement.of(
         sharding.device_count(cfg.devices, cfg.batch_size))
     # A copy: the step donates its buffers, and callers reuse `variables`.
     self.variables = self.placement.replicate(list(variables))
-    self.opt_states = self.placement.replicate(
-        [self.tx.init(v.get("params", {})) for v in self.variables])
     stage_costs = costs.stage_costs(model, data.image_shape)   # one abstract trace for both
     self.shapes = [c.output_shape for c in stage_costs]
     self.macs = [c.macs for c in stage_costs]
     self.net = programs.Net(tuple(model.stages), tuple(data.image_shape), tuple(self.shapes),
                             tuple(data.mean), tuple(data.std), cfg.precision,
                             self.placement)
-    # Stores hold `views` maps per image, of the padded image with crop (`ldjax.data.augment`).
-    self.augment = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape)
+    # Stores hold `views` maps per image: K exact views, or the padded image's with the
+    # crop's window (`ldjax.data.augment`).
+    self.augment = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape,
+                                 cfg.crop_store, cfg.crop_views)
+    self.view_table = self.augment.view_table(cfg.seed, data.num_train)
+    if self.view_table is not None:
+      self.view_table = self.view_table.block(self.blocks.start, self.blocks.stop)
     self.view_net, self.view_macs = self.net, self.macs
-    if self.augment.pad:
+    if self.augment.view_shape(data.image_shape) != tuple(data.image_shape):
       view_costs = costs.stage_costs(model, self.augment.view_shape(data.image_shape))
       self.view_net = dataclasses.replace(
           self.net, image_shape=self.augment.view_shape(data.image_shape),
           shapes=tuple(c.output_shape for c in view_costs))
       self.view_macs = [c.macs for c in view_costs]
+    # What steps and extractions cost (`ldjax.train.budget`): the budget charges them and
+    # the stable rule's drops must pay for their extraction.
+    self.costs = cost_table or budget.CostTable.from_macs(
+        model.name, model.stage_names, data.image_shape,
+        self.augment.view_shape(data.image_shape), self.macs, self.view_macs)
+    self.budget = None if cfg.budget is None else budget.Budget(
+        self.costs, cfg.budget, self.n_train, cfg.batch_size)
+    self.tx = optim.make_optimizer(cfg, self.steps_per_epoch, budget_steps=self.budget_steps)
+    self.opt_states = self.placement.replicate(
+        [self.tx.init(v.get("params", {})) for v in self.variables])
     self.drop = DropState()
+    self.epochs_run = 0
     self.key = self.placement.replicate(jax.random.key(cfg.seed))
     self.feature_dtype = storage_dtype(cfg.feature_dtype)
     self.keeper = StoreKeeper(
@@ -122,6 +136,41 @@ class Trainer:
     self.evaluator = Evaluator(self.net, data.x_test, data.y_test, cfg, self.variables)
     self.val_evaluator = None if data.x_val is None else Evaluator(
         self.net, data.x_val, data.y_val, cfg, self.variables, split="val")
+
+  @property
+  def budget_steps(self) -> int | None:
+    """The schedule's length in base steps with --budget, else None (--epochs)."""
+    return None if self.budget is None else self.budget.total_steps
+
+  def has_epoch(self, epoch: int) -> bool:
+    """Whether the run trains an epoch `epoch` (0-based): --epochs, or budget left."""
+    if self.budget is None:
+      return epoch < self.cfg.epochs
+    return self.budget.steps_left(self.step_cost()) > 0
+
+  def is_last(self, epoch: int) -> bool:
+    """After training `epoch`: whether it was the run's last."""
+    return not self.has_epoch(epoch + 1)
+
+  def step_cost(self, cut: int | None = None) -> float:
+    """What one step at the current cut (or at `cut`, stored) costs, per --batch-size."""
+    store_cut, now = ((self.drop.store_cut, self.drop.cut) if cut is None else (cut, cut))
+    if cut is None and not self.strategy.caches:
+      store_cut = 0
+    return self.cfg.batch_size * self.costs.train_cost(store_cut, now)
+
+  def pays(self, new_cut: int, epoch: int) -> bool:
+    """Whether dropping to `new_cut` after `epoch` saves more than its extraction costs:
+    Drop's costs for Freeze too (the two must decide alike). Over the budget left, the
+    drop must buy more training steps; over the --epochs left, less cost."""
+    per_example = lambda c: self.costs.train_cost(c, c)   # noqa: E731
+    extract = self.augment.views * self.n_train * self.costs.extract_cost(self.drop.cut, new_cut)
+    before, after = per_example(self.drop.cut), per_example(new_cut)
+    if self.budget is not None:
+      left = self.budget.total - self.budget.spent
+      return (left - extract) / after > left / before
+    left = (self.cfg.epochs - epoch - 1) * self.n_train
+    return extract < left * (before - after)
 
   @property
   def store(self) -> FeatureStore | None:
@@ -142,7 +191,7 @@ class Trainer:
     on batches of k x --batch-size (its learning rate scaled for them)."""
     tx = self.tx if k == 1 else optim.make_optimizer(
         self.cfg, self.steps_per_epoch, stride=k,
-        lr_factor=adaptive.lr_scale(k, self.cfg.adaptive_lr))
+        lr_factor=adaptive.lr_scale(k, self.cfg.adaptive_lr), budget_steps=self.budget_steps)
     return programs.train_step(self.net, tx, programs.structs(self.variables),
                                programs.structs(self.opt_states), store_cut, cut,
                                self.cfg.batch_size * k, self.feature_dtype,
@@ -190,12 +239,25 @@ class Trainer:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
     extract = self.compile_extract(0, stop)
     return self.keeper.rebuild(stop, self._on_devices(extract, self.variables[:stop]),
-                               ViewSource(self.x_train, self.augment), self.local_batch)
+                               self.view_source, self.local_batch)
 
   def reopen_store(self, on_disk: bool) -> None:
     """After a resume: the store of the dropped stages, verified, or rebuilt."""
     stop = self.drop.store_cut
     self.keeper.reopen(stop, on_disk, lambda: self.rebuild_store(stop))
+
+  @property
+  def view_source(self) -> ViewSource:
+    """The images of the store's views, by store row."""
+    return ViewSource(self.x_train, self.augment, self.view_table)
+
+  def draws(self, epoch: int) -> Draws:
+    """The epoch's augmentation of this process's examples: once a prefix is frozen
+    (Freeze and Drop after a decision), one of each image's fixed views."""
+    fixed = self.strategy.decides and self.drop.cut > 0
+    return self.augment.draws(self.cfg.seed, epoch, self.data.num_train,
+                              self.view_table if fixed else None).block(
+        self.blocks.start, self.blocks.stop)
 
   # -- one epoch -----------------------------------------------------------------
 
@@ -209,15 +271,16 @@ class Trainer:
     cpu0 = time.process_time()   # CPU seconds: unlike wall time, barely moved by other jobs
     times = dict(train_s=0.0, extract_store_s=0.0, compile_s=0.0)
     new_store, extract = self._start_extraction(times)
+    if extract is not None and self.budget is not None:
+      self.budget.spent += self.budget.extraction_cost(*self.drop.pending, self.augment.views)
     read_cut = self.drop.store_cut
     step_cut = self.drop.pending[1] if extract is not None else read_cut
     compiling = self._compile_in_background(step_cut, new_store if extract else None)
     tail = self.variables[read_cut:step_cut]
-    draws = self.augment.draws(self.cfg.seed, epoch, self.data.num_train).block(
-        self.blocks.start, self.blocks.stop)
+    draws = self.draws(epoch)
     if extract is not None:
       t0 = time.perf_counter()
-      views = (ViewSource(self.x_train, self.augment).__getitem__ if read_cut == 0
+      views = (self.view_source.__getitem__ if read_cut == 0
                else self.keeper.current.read)
       new_store = self._fill(new_store, extract, tail, views, epoch, bar, should_stop, on_step)
       times["extract_store_s"] = time.perf_counter() - t0
@@ -238,14 +301,15 @@ class Trainer:
     self.variables[self.drop.cut:] = steps.merge_variables(state.params, state.batch_stats)
     self.opt_states[self.drop.cut:] = list(state.opt_state)
     extracted, store_info = self._commit_store(new_store)
+    self.epochs_run = epoch + 1
     return dict(times=times, cpu_s=cpu_s, scores=scores, extracted=extracted, store=store_info,
-                loss=loss, train_accuracy=accuracy,
+                loss=loss, train_accuracy=accuracy, steps=len(metrics),
                 augment=self._augment_seen(store))
 
   def _fused(self, extract: steps.Compiled, tail):
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
     with crop, is not a padded view: that needs its own program)."""
-    if self.augment.pad or self.batch_size != self.cfg.batch_size:
+    if self.view_net is not self.net or self.batch_size != self.cfg.batch_size:
       start, stop = self.drop.pending
       extract = programs.extraction(self.net, self.variables, start, stop, self.batch_size,
                                     in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
@@ -279,7 +343,10 @@ class Trainer:
     on = {"name": self.augment.name, "on": f"stored maps of stages 0-{stop - 1}"}
     if self.augment.flip:
       on["flip"] = "exact: the stored view of the mirrored image"
-    if self.augment.pad:
+    if self.augment.fixed_views:
+      on["crop"] = (f"exact: one of {self.augment.crop_views} stored views (crop and flip) "
+                    "of each image")
+    elif self.augment.pad:
       stride = self.data.image_shape[0] / self.shapes[stop - 1][0]
       on["crop"] = (f"approximate: window of the padded image's map, offset rounded to "
                     f"stride {stride:g}, border band")
@@ -336,8 +403,11 @@ class Trainer:
     frozen = self.variables[step_cut:cut]
     put = self.placement.put_local
     batches = self.blocks.batches(self.cfg.seed, epoch, bs)
+    n_steps, cost = len(batches), self.step_cost() * self.step_k
+    if self.budget is not None:   # the last epoch may stop early (at least one step)
+      n_steps = max(1, min(n_steps, self.budget.steps_left(cost)))
     metrics = []
-    for s in range(len(batches)):
+    for s in range(n_steps):
       _poll(should_stop)
       idx = self.blocks.local(batches[s])   # this process's examples of the batch
       x = put(read(idx))   # the batch, split over the devices
@@ -345,12 +415,17 @@ class Trainer:
         x = fused(x)
       if on_step is not None:
         on_step(epoch, s, "train")
+      progress = 0.0 if self.budget is None else self.budget.progress()
       state, scores, m = self.step_fn.fn(state, scores, frozen, x, put(self.y_train[idx]),
-                                         self.key, np.int32(epoch * self.steps_per_epoch + s))
+                                         self.key, np.int32(epoch * self.steps_per_epoch + s),
+                                         np.float32(progress))
+      if self.budget is not None:
+        self.budget.spent += cost
       metrics.append(m)
       if s >= 2:   # bound the work in flight without a sync on the newest step
         metrics[s - 2]["loss"].block_until_ready()
-      bar.update(self.step_k)   # in steps of --batch-size
+      # In steps of --batch-size; with --budget in base steps' worth of budget.
+      bar.update(self.step_k if self.budget is None else cost / self.budget.base_step)
     jax.block_until_ready(state)
     return state, scores, metrics
 
@@ -400,8 +475,10 @@ class Trainer:
     """Scores the head's conv stages and updates the drop state (`decisions`)."""
     cut, n_conv = self.drop.cut, self.model.num_conv
     sums, abs_sums = jax.device_get((scores.sum[:n_conv - cut], scores.abs_sum[:n_conv - cut]))
+    rule = self.cfg.decision_rule
     record, self.drop = decisions.score_and_decide(
         sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=self.cfg.warmup,
-        epochs=self.cfg.epochs, stage_names=self.model.stage_names[cut:n_conv],
-        cut_rule=self.cfg.cut_rule, forced=self.cfg.drop_schedule)
+        last=self.is_last(epoch), stage_names=self.model.stage_names[cut:n_conv],
+        cut_rule=self.cfg.cut_rule, forced=self.cfg.drop_schedule, rule=rule,
+        pays=None if rule == "paper" else lambda c: self.pays(c, epoch))
     return record

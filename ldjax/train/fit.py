@@ -21,6 +21,7 @@ import jax
 from ldjax.data.batching import shard_count
 from ldjax.data.datasets import Dataset, hold_out
 from ldjax.errors import UsageError
+from ldjax.jsonio import write_json_atomic
 from ldjax.models import costs
 from ldjax.models.staged import StagedModel, count_params
 from ldjax.runs import cluster
@@ -28,6 +29,7 @@ from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
 from ldjax.train import adaptive
+from ldjax.train.budget import TABLE_FILE
 from ldjax.train.decisions import DropState
 from ldjax.train.epoch import Trainer, param_l2
 from ldjax.train.optim import lr_schedule
@@ -58,7 +60,9 @@ def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: s
           "keep_classifier": cfg.keep_classifier, "continue_from": cfg.continue_from,
           "adaptive_batch": cfg.adaptive_batch, "max_batch_size": cfg.max_batch_size,
           "adaptive_lr": cfg.adaptive_lr, "drop_at": cfg.drop_at,
-          "data_shards": shard_count(cfg.data_shards)}
+          "data_shards": shard_count(cfg.data_shards), "crop_store": cfg.crop_store,
+          "crop_views": cfg.crop_views, "decision_rule": cfg.decision_rule,
+          "budget": cfg.budget, "cost_table": cfg.cost_table}
 
 
 def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
@@ -104,16 +108,24 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   fp = fingerprint(model, data, cfg, strategy)
   totals = {"train_time_s": 0.0, "train_cpu_s": 0.0, "compile_time_s": trainer.eval_compile_s,
             "forward_macs_total": 0, "train_macs_total": 0}
+  if trainer.budget is not None:
+    totals |= {"budget_spent": 0.0, "steps": 0}
+    if run_dir is not None and run_dir.writes:
+      write_json_atomic(run_dir.path / TABLE_FILE, trainer.costs.to_json())
   start, ev = 0, None
   if resume and ckpt is not None and ckpt.latest_epoch() is not None:
     start, ev = _restore(trainer, ckpt, totals, fp)
   elif run_dir is not None:
     run_dir.start_metrics()
   try:
-    with progress_bar(cfg.epochs * trainer.steps_per_epoch, f"{strategy:>6} {model.name}",
-                      enabled=progress) as bar:
-      bar.update(start * trainer.steps_per_epoch)
-      for epoch in range(start, cfg.epochs):
+    # With --budget the bar counts base steps' worth of budget (a head's steps are cheaper).
+    total = (cfg.epochs * trainer.steps_per_epoch if trainer.budget is None
+             else trainer.budget.total_steps)
+    with progress_bar(total, f"{strategy:>6} {model.name}", enabled=progress) as bar:
+      bar.update(start * trainer.steps_per_epoch if trainer.budget is None
+                 else round(trainer.budget.progress()))
+      epoch = start
+      while trainer.has_epoch(epoch):
         if ckpt is not None:   # the store's free-space check counts the checkpoints to come
           trainer.keeper.disk_reserve_bytes = _checkpoint_bytes_to_come(trainer, epoch)
         rec, ev = _train_epoch(trainer, epoch, bar, ev, totals, should_stop, on_step)
@@ -122,6 +134,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
           on_epoch(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", cut=trainer.drop.cut,
                         **_shown(ev))
+        epoch += 1
   finally:   # a save in flight is committed even when the run stops
     if ckpt is not None:
       ckpt.close()
@@ -135,6 +148,7 @@ def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: dic
   Returns the epoch's metrics.jsonl record and the latest evaluation.
   """
   cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
+  lr = _epoch_lr(trainer, epoch)
   out = trainer.run_epoch(epoch, bar, should_stop, on_step)
   decided = trainer.score_and_decide(out.pop("scores"), epoch)
   t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
@@ -142,13 +156,20 @@ def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: dic
   ev = NO_EVAL | (ev or {}) | now   # the latest evaluation of each split
   times = out.pop("times") | {"eval_s": time.perf_counter() - t0}
   cpu_s = out.pop("cpu_s")
-  rec = _epoch_record(trainer, epoch, cut, store_cut, out, NO_EVAL | now, times) | decided
+  rec = _epoch_record(trainer, epoch, cut, store_cut, out, NO_EVAL | now, times, lr) | decided
   rec["cpu_s"] = cpu_s
+  if trainer.budget is not None:
+    totals["budget_spent"] = trainer.budget.spent
+    totals["steps"] += out["steps"]
+    rec |= {"steps": out["steps"], "budget_spent": trainer.budget.spent_epochs()}
   totals["train_time_s"] += times["train_s"] + times["extract_store_s"] + times["compile_s"]
   totals["train_cpu_s"] += cpu_s
   totals["compile_time_s"] += times["compile_s"] + trainer.eval_compile_s - eval_compiled
-  totals["forward_macs_total"] += rec["forward_macs"] * trainer.n_train
-  totals["train_macs_total"] += rec["train_macs"] * trainer.n_train
+  # Per example per epoch, times the examples this epoch trained on (fewer in a partial one).
+  seen = trainer.n_train if trainer.budget is None else min(
+      trainer.n_train, out["steps"] * trainer.batch_size)
+  totals["forward_macs_total"] += rec["forward_macs"] * seen
+  totals["train_macs_total"] += rec["train_macs"] * seen
   return rec, ev
 
 
@@ -164,7 +185,7 @@ def _evaluate(trainer: Trainer, epoch: int) -> dict:
   """The evaluations due after `epoch`: every --eval-every epochs and after the last,
   the validation split if there is one (else the test set); the test set after the
   last epoch, and with --test-every-epoch whenever the validation split is."""
-  cfg, last = trainer.cfg, epoch == trainer.cfg.epochs - 1
+  cfg, last = trainer.cfg, trainer.is_last(epoch)
   due = (epoch + 1) % cfg.eval_every == 0 or last
   has_val = trainer.val_evaluator is not None
   out = trainer.evaluate("val") if due and has_val else {}
@@ -200,7 +221,7 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
             extra: dict) -> dict:
   """The run's summary (written to summary.json, last); frees the store."""
   summary = {"strategy": trainer.strategy.value, "model": trainer.model.name,
-             "dataset": trainer.data.name, "epochs": trainer.cfg.epochs,
+             "dataset": trainer.data.name, "epochs": trainer.epochs_run,
              "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"],
              "val_accuracy": ev.get("val_accuracy"), "val_size": trainer.cfg.val_size,
              **totals,
@@ -209,6 +230,8 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
              "store_fallbacks": trainer.keeper.fallbacks,
              "param_l2": param_l2(trainer.variables),
              "drop_state": trainer.drop.to_json(), **extra}
+  if trainer.budget is not None:
+    summary["budget"] = trainer.budget.to_json()
   if run_dir is not None and run_dir.writes:   # the weights first: a run with a summary has them
     data = trainer.data
     save_run_weights(run_dir.path, trainer.model, trainer.variables, {
@@ -240,7 +263,10 @@ def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
   trainer.drop = DropState.from_json(meta["drop"])
   trainer.keeper.fallbacks = list(meta.get("store_fallbacks", []))
   totals.update(meta["totals"])
+  if trainer.budget is not None:
+    trainer.budget.spent = float(totals["budget_spent"])
   epoch = int(meta["epoch"])
+  trainer.epochs_run = epoch
   trainer.run_dir.truncate_metrics(epoch)
   trainer.keeper.clean_directory(trainer.drop.store_cut)
   if trainer.drop.store_cut > 0:
@@ -248,8 +274,16 @@ def _restore(trainer: Trainer, ckpt: Checkpointer, totals: dict, fp: dict):
   return epoch, meta["eval"]
 
 
+def _epoch_lr(trainer: Trainer, epoch: int) -> float:
+  """The schedule's learning rate at the epoch's first step (before a grown batch's
+  scale)."""
+  steps = trainer.steps_per_epoch
+  at = epoch * steps if trainer.budget is None else trainer.budget.progress()
+  return float(lr_schedule(trainer.cfg, steps, trainer.budget_steps)(at))
+
+
 def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: dict,
-                  ev: dict, times: dict) -> dict:
+                  ev: dict, times: dict, lr: float) -> dict:
   """The metrics.jsonl line of one epoch.
 
   `cut` / `store_cut`: the cut positions while it trained; `out["extracted"]`:
@@ -268,8 +302,7 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
   lr_scale = adaptive.lr_scale(trainer.step_k, trainer.cfg.adaptive_lr)
   return {
       "epoch": epoch + 1, "strategy": trainer.strategy.value,
-      "lr": lr_scale * float(lr_schedule(trainer.cfg, trainer.steps_per_epoch)(
-          epoch * trainer.steps_per_epoch)),
+      "lr": lr_scale * lr,
       "batch_size": trainer.batch_size, "lr_scale": lr_scale,
       "loss": out["loss"], "train_accuracy": out["train_accuracy"],
       "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"],

@@ -22,6 +22,11 @@ its own optimizer state, so the state slices with the head); every transformatio
 applying it to the whole model. Each stage's optimizer state counts its own
 updates, which equals the global step for every stage still in the head, so
 after a drop the head's schedule and moments continue from the full model's.
+
+With `--budget` (`ldjax.train.budget`) the schedule runs over the budget's
+base steps (B x steps per epoch) and is indexed by the budget spent, which
+every step is given (`progress`), instead of by the count of updates: it
+reaches its end when the budget is spent, however many steps that took.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ __all__ = ["OPTIMIZERS", "SCHEDULES", "decay_mask", "lr_schedule", "make_optimiz
            "strided_learning_rate"]
 
 
-def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-  """The learning rate as a function of the global step (see the module docstring)."""
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int,
+                total_steps: int | None = None) -> optax.Schedule:
+  """The learning rate as a function of the global step (see the module docstring);
+  `total_steps`: the schedule's length (default: --epochs of steps)."""
   name = cfg.schedule_name
-  total = cfg.epochs * steps_per_epoch
+  total = cfg.epochs * steps_per_epoch if total_steps is None else total_steps
   warm = cfg.warmup_lr_epochs * steps_per_epoch
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=warm / total if warm else 0.3)
@@ -61,17 +68,24 @@ def decay_mask(params):
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, *, stride: int = 1,
-                   lr_factor: float = 1.0) -> optax.GradientTransformation:
+                   lr_factor: float = 1.0,
+                   budget_steps: int | None = None) -> optax.GradientTransformation:
   """The run's optimizer (applied to each stage's parameters on their own).
 
   optax's sgd / adamw chains, built from their parts so that the learning
   rate's step can be `strided`: with `stride` k each update advances the
   schedule by k base steps and multiplies the rate by `lr_factor` (a batch of
   k x --batch-size, `ldjax.train.adaptive`). The optimizer state has the same
-  structure for every k, so the head's state continues across a change."""
-  lr = (optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch))
-        if stride == 1 and lr_factor == 1.0 else
-        strided_learning_rate(lr_schedule(cfg, steps_per_epoch), stride, lr_factor))
+  structure for every k, so the head's state continues across a change.
+
+  With `budget_steps` the rate follows the `progress` every update is given
+  (`progress_learning_rate`) over a schedule of that many base steps."""
+  if budget_steps is not None:
+    lr = progress_learning_rate(lr_schedule(cfg, steps_per_epoch, budget_steps), lr_factor)
+  elif stride == 1 and lr_factor == 1.0:
+    lr = optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch))
+  else:
+    lr = strided_learning_rate(lr_schedule(cfg, steps_per_epoch), stride, lr_factor)
   if cfg.optimizer == "adamw":   # optax.adamw
     return optax.chain(optax.scale_by_adam(b1=0.9, b2=0.999),
                        optax.add_decayed_weights(cfg.weight_decay, decay_mask), lr)
@@ -81,6 +95,25 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, *, stride: int = 1,
   if not cfg.weight_decay:
     return sgd
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask), sgd)
+
+
+def progress_learning_rate(schedule: optax.Schedule,
+                           factor: float = 1.0) -> optax.GradientTransformationExtraArgs:
+  """optax.scale_by_learning_rate(schedule) at the `progress` passed to each update
+  (an extra argument: base steps' worth of budget spent) instead of its count; the
+  same state (optax.ScaleByScheduleState, still counting updates)."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None, *, progress, **extra_args):
+    del params, extra_args
+    step_size = -factor * schedule(progress)
+    updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+    return updates, optax.ScaleByScheduleState(count=state.count + 1)
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def strided_learning_rate(schedule: optax.Schedule, stride: int,

@@ -73,6 +73,7 @@ def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[d
       steps.scored_train_step, state, p.structs(scoring.init(params)),
       p.structs(list(variables[store_cut:cut])), net.input_struct(store_cut, batch, feature_dtype),
       net.batch_struct((batch,), np.int32), p.structs(jax.random.key(0)), np.int32(0),
+      np.float32(0),
       donate_argnums=(0, 1), out_shardings=p.replicated, head_stages=net.stages[cut:],
       frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut,
       label_smoothing=label_smoothing, **net.static)

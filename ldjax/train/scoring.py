@@ -12,7 +12,11 @@ notebook on numpy or jax arrays:
 - `find_cut`: Eq. 4, how many leading stages are candidates to drop (the
   first sign change; `find_cut_max_prefix` is the maximum-sum prefix).
 - `should_drop`: the median rule M_c >= M_d.
-- `decide`: the three above together, as run at the end of an epoch.
+- `decide`: the three above together, as run at the end of an epoch, by one of
+  the `DECISION_RULES`: "paper" (the above on one epoch's scores) or "stable"
+  (the same on scores averaged over two epochs, a sign change that must clear
+  a margin around P' = 0, and a median rule that a clearly high candidate set
+  always passes): decisions that rounding noise does not flip.
 
 Interpretations where the paper is ambiguous are listed in README.md
 ("Interpretations of the paper").
@@ -161,9 +165,14 @@ class Decision(NamedTuple):
 
 
 def decide(scores: Sequence[float], dropped_std_scores: Sequence[float],
-           cut_rule: str = "sign-change") -> Decision:
+           cut_rule: str = "sign-change", rule: str = "paper",
+           previous: Sequence[float] | None = None) -> Decision:
   """Eqs. 3-4 and the median rule on the head's conv-stage scores P (Eq. 2);
-  `cut_rule` names the reading of Eq. 4 (`CUT_RULES`)."""
+  `cut_rule` names the reading of Eq. 4 (`CUT_RULES`), `rule` the decision rule
+  (`DECISION_RULES`); "stable" also takes `previous`, the same stages' P one epoch
+  earlier (None: no drop yet)."""
+  if rule == "stable":
+    return decide_stable(scores, previous, dropped_std_scores, cut_rule)
   p = np.asarray(scores, np.float64)
   std = standardize(p)
   n_star = CUT_RULES[cut_rule](std)
@@ -171,3 +180,40 @@ def decide(scores: Sequence[float], dropped_std_scores: Sequence[float],
   mc = float(np.median(cand)) if n_star else None
   md = float(np.median(dropped_std_scores)) if len(dropped_std_scores) else None
   return Decision(p, std, n_star, mc, md, n_star > 0 and should_drop(cand, dropped_std_scores))
+
+
+STABLE_MARGIN = 0.5    # |P'| a sign change must clear on both sides
+STABLE_MEDIAN_CAP = 1.0  # candidates whose median P' reaches this pass the median rule
+
+
+def decide_stable(scores: Sequence[float], previous: Sequence[float] | None,
+                  dropped_std_scores: Sequence[float],
+                  cut_rule: str = "sign-change") -> Decision:
+  """The "stable" rule: Eqs. 3-4 and the median rule, made robust to rounding noise.
+
+  - P is averaged over this epoch and the previous one (`previous`, the same
+    stages' scores; without it nothing is dropped yet);
+  - the cut of Eq. 4 is taken only when it is clear: the last candidate's P'
+    is at least `STABLE_MARGIN` and the next stage's at most -`STABLE_MARGIN`;
+    otherwise the decision waits for a later epoch;
+  - the median rule compares M_c with min(M_d, `STABLE_MEDIAN_CAP`), so that
+    one early outlier (say a stem dropped alone at P' = 2) cannot block every
+    later drop.
+  `std_scores` are those of the averaged P (what a dropped stage records).
+  """
+  p = np.asarray(scores, np.float64)
+  if previous is None or len(previous) != len(p):
+    return Decision(p, standardize(p), 0, None, None, False)
+  std = standardize((p + np.asarray(previous, np.float64)) / 2)
+  n_star = CUT_RULES[cut_rule](std)
+  if n_star and not (std[n_star - 1] >= STABLE_MARGIN and std[n_star] <= -STABLE_MARGIN):
+    n_star = 0
+  cand = std[:n_star]
+  mc = float(np.median(cand)) if n_star else None
+  md = float(np.median(dropped_std_scores)) if len(dropped_std_scores) else None
+  bar = None if md is None else min(md, STABLE_MEDIAN_CAP)
+  drop = n_star > 0 and (bar is None or mc >= bar)
+  return Decision(p, std, n_star, mc, md, drop)
+
+
+DECISION_RULES = ("paper", "stable")

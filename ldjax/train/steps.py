@@ -74,7 +74,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array,
-               y: jax.Array, rng: jax.Array, *, head_stages: Sequence[nn.Module],
+               y: jax.Array, rng: jax.Array, progress: jax.Array | float = 0.0, *, head_stages: Sequence[nn.Module],
                frozen_stages: Sequence[nn.Module], tx: optax.GradientTransformation,
                mean: Sequence[float], std: Sequence[float], head_index: int = 0,
                label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32):
@@ -82,6 +82,8 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
 
   `head_index` is the head's position in the whole model; it keys the
   dropout randomness so that every split of the model draws the same masks.
+  `progress` is passed to the optimizer's update (a budget's schedule reads it,
+  `ldjax.train.optim.progress_learning_rate`; other optimizers ignore it).
   """
   h = prepare_input(x, mean, std)
   if frozen_stages:
@@ -98,8 +100,9 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
 
   (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_params, new_opt = [], []
+  tx = optax.with_extra_args_support(tx)
   for p, g, s in zip(state.params, grads, state.opt_state, strict=True):
-    updates, s = tx.update(g, s, p)
+    updates, s = tx.update(g, s, p, progress=progress)
     new_params.append(optax.apply_updates(p, updates))
     new_opt.append(s)
   # The loss alone misses some divergence: ReLU can map NaN maps to 0, and a
@@ -115,10 +118,10 @@ def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array
 
 def scored_train_step(state: TrainState, scores: scoring.ScoreState,
                       frozen_variables: Sequence[dict], x: jax.Array, y: jax.Array,
-                      rng: jax.Array, step: jax.Array, **static):
+                      rng: jax.Array, step: jax.Array, progress: jax.Array, **static):
   """`train_step` plus folding its gradients into the running layer scores."""
   state, metrics, grads = train_step(state, frozen_variables, x, y,
-                                     jax.random.fold_in(rng, step), **static)
+                                     jax.random.fold_in(rng, step), progress, **static)
   return state, scoring.update(grads, scores), metrics
 
 

@@ -1,0 +1,208 @@
+"""Training to a compute budget (`--budget B`): the fair protocol of "No Train No Gain".
+
+A strategy is given B *reference epochs*: B times the cost of one epoch of
+the whole model. Every step is charged its cost from a `CostTable`, and so
+is every extraction pass that fills a feature store; Drop's cheaper epochs
+therefore buy it more of them, and SGD's schedule is compressed to the same
+budget. The learning-rate schedule is indexed by the fraction of the budget
+spent (`progress`, in base steps: the budget's spent share times B x steps
+per epoch), so a cosine or linear decay reaches its end exactly when the
+budget is spent.
+
+Costs are deterministic within a comparison: they come from a table, never
+from a clock during the run, so a resumed run and a rerun with the same
+table take the same decisions and end with the same weights. Tables:
+
+- "macs" (the default): training multiply-accumulates per example
+  (`ldjax.models.costs`): a step with stages [0, s) stored, [s, c) frozen and
+  [c, L) trained costs sum(m[s:c]) + 3 sum(m[c:]); an extraction of stages
+  [a, b) costs sum(m[a:b]) per stored view (of the padded image with the
+  window crop store).
+- "measure": the same entries in seconds per example, each the median time
+  of a few steps of the compiled program, measured once at the start of a
+  comparison, interleaved, and shared by its strategies (`measure`).
+- a file: a table a run wrote (`cost_table.json` in its work directory);
+  it must be for the same model, input shape and store layout.
+
+The run records its table in its work directory and config.json. Wall time
+is still measured and reported beside the reference cost.
+
+Epochs and the last one: decisions come at epoch ends, as in Algorithm 1.
+Before an epoch starts, its cost is known (its extraction, if any, and its
+steps at the current cut); when the budget left does not cover all its
+steps, the epoch is the last and runs only the steps the budget covers (a
+partial epoch, at least one step): it is evaluated like any last epoch and
+takes no decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ldjax.errors import UsageError
+
+TABLE_FILE = "cost_table.json"
+SOURCES = ("macs", "measure")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTable:
+  """Per-example costs of a model's steps and extractions, in `unit`.
+
+  `train[(s, c)]`: a train step with stages [0, s) read from a store, [s, c)
+  frozen and [c, L) trained; `extract[(a, b)]`: stages [a, b) in inference on
+  one stored view. Entries missing from a measured table are derived from the
+  nearest measured ones (`train_cost`, `extract_cost`).
+  """
+  source: str
+  unit: str
+  model: str
+  stage_names: tuple[str, ...]
+  image_shape: tuple[int, ...]
+  view_shape: tuple[int, ...]
+  train: dict[tuple[int, int], float]
+  extract: dict[tuple[int, int], float]
+
+  @classmethod
+  def from_macs(cls, model: str, stage_names: Sequence[str], image_shape, view_shape,
+                macs: Sequence[int], view_macs: Sequence[int]) -> CostTable:
+    """The deterministic table of training MACs (see the module docstring)."""
+    n = len(macs)
+    train = {(s, c): float(sum(macs[s:c]) + 3 * sum(macs[c:]))
+             for c in range(n) for s in range(c + 1)}
+    extract = {(a, b): float(sum(view_macs[a:b])) for b in range(1, n + 1) for a in range(b)}
+    return cls("macs", "MACs per example", model, tuple(stage_names), tuple(image_shape),
+               tuple(view_shape), train, extract)
+
+  def train_cost(self, store_cut: int, cut: int) -> float:
+    if (store_cut, cut) in self.train:
+      return self.train[store_cut, cut]
+    # Not measured (a store at s that could not move to c): the head's step at c plus
+    # the frozen stages [s, c) in inference, as their extraction costs.
+    return self.train[cut, cut] + self.extract_cost(store_cut, cut)
+
+  def extract_cost(self, start: int, stop: int) -> float:
+    if (start, stop) in self.extract:
+      return self.extract[start, stop]
+    return self.extract[0, stop] - self.extract[0, start]
+
+  def epoch_cost(self, num_examples: int) -> float:
+    """One reference epoch: the whole model trained on every example."""
+    return num_examples * self.train_cost(0, 0)
+
+  def to_json(self) -> dict:
+    return {"source": self.source, "unit": self.unit, "model": self.model,
+            "stage_names": list(self.stage_names), "image_shape": list(self.image_shape),
+            "view_shape": list(self.view_shape),
+            "train": {f"{s},{c}": v for (s, c), v in sorted(self.train.items())},
+            "extract": {f"{a},{b}": v for (a, b), v in sorted(self.extract.items())}}
+
+  @classmethod
+  def from_json(cls, d: dict, where: str) -> CostTable:
+    try:
+      pairs = lambda m: {tuple(int(i) for i in k.split(",")): float(v)   # noqa: E731
+                         for k, v in m.items()}
+      table = cls(str(d["source"]), str(d["unit"]), str(d["model"]),
+                  tuple(str(s) for s in d["stage_names"]), tuple(int(i) for i in d["image_shape"]),
+                  tuple(int(i) for i in d["view_shape"]), pairs(d["train"]), pairs(d["extract"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise UsageError(f"--cost-table {where}: not a cost table ({type(e).__name__}: {e}); "
+                       "give a cost_table.json that a run wrote, or macs") from None
+    values = [*table.train.values(), *table.extract.values()]
+    if (0, 0) not in table.train or not all(math.isfinite(v) and v >= 0 for v in values) \
+        or table.train[0, 0] <= 0:
+      raise UsageError(f"--cost-table {where}: needs a positive whole-model step cost (0,0) "
+                       "and finite costs >= 0")
+    return table
+
+  def check_for(self, model: str, stage_names: Sequence[str], image_shape, view_shape,
+                where: str) -> None:
+    """UsageError unless the table was made for this model, input and store layout."""
+    mine = (self.model, list(self.stage_names), list(self.image_shape), list(self.view_shape))
+    theirs = (model, list(stage_names), list(image_shape), list(view_shape))
+    if mine != theirs:
+      raise UsageError(f"--cost-table {where} was made for {self.model} on "
+                       f"{'x'.join(map(str, self.image_shape))} inputs (views "
+                       f"{'x'.join(map(str, self.view_shape))}), this run is {model} on "
+                       f"{'x'.join(map(str, image_shape))} (views "
+                       f"{'x'.join(map(str, view_shape))}); use macs or measure")
+    n = len(stage_names)
+    need = [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]
+    missing = [k for k in need if k not in self.train]
+    missing += [(0, b) for b in range(1, n) if (0, b) not in self.extract]
+    if missing:
+      raise UsageError(f"--cost-table {where} lacks entries {missing[:3]}; give a table "
+                       "of this model's every cut")
+
+
+def load_table(spec: str) -> CostTable:
+  """A cost table file (`--cost-table FILE`); UsageError if missing or malformed."""
+  path = Path(spec)
+  if path.is_dir():
+    path = path / TABLE_FILE
+  if not path.is_file():
+    raise UsageError(f"--cost-table {spec}: no such file; give macs, measure or the "
+                     f"{TABLE_FILE} of a run")
+  try:
+    d = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UsageError(f"--cost-table {spec}: not readable JSON ({e})") from None
+  if not isinstance(d, dict):
+    raise UsageError(f"--cost-table {spec}: not a cost table (a JSON object is expected)")
+  return CostTable.from_json(d, spec)
+
+
+@dataclasses.dataclass
+class Budget:
+  """A run's budget and what it has spent, in the table's unit."""
+  table: CostTable
+  reference_epochs: float     # B
+  num_examples: int           # of one epoch (all processes)
+  batch_size: int
+  spent: float = 0.0
+
+  @property
+  def total(self) -> float:
+    return self.reference_epochs * self.table.epoch_cost(self.num_examples)
+
+  @property
+  def base_step(self) -> float:
+    """One step of the whole model at --batch-size: the schedule's unit."""
+    return self.batch_size * self.table.train_cost(0, 0)
+
+  @property
+  def total_steps(self) -> int:
+    """The schedule's length in base steps (B x steps per epoch)."""
+    return max(1, round(self.total / self.base_step))
+
+  @property
+  def done(self) -> bool:
+    # Less than one step of the cheapest head is not an epoch.
+    return self.total - self.spent < 1e-9 * self.total
+
+  def spent_epochs(self) -> float:
+    return self.spent / self.table.epoch_cost(self.num_examples)
+
+  def step_cost(self, store_cut: int, cut: int, batch: int) -> float:
+    return batch * self.table.train_cost(store_cut, cut)
+
+  def extraction_cost(self, start: int, stop: int, views: int) -> float:
+    return views * self.num_examples * self.table.extract_cost(start, stop)
+
+  def steps_left(self, step_cost: float, after: float = 0.0) -> int:
+    """Whole steps of `step_cost` the budget covers after spending `after` more."""
+    left = self.total - self.spent - after
+    return max(0, math.floor(left / step_cost + 1e-9))
+
+  def progress(self) -> float:
+    """The schedule's position: base steps' worth spent."""
+    return self.spent / self.base_step
+
+  def to_json(self) -> dict:
+    return {"reference_epochs": self.reference_epochs, "spent": self.spent,
+            "spent_reference_epochs": self.spent_epochs(), "unit": self.table.unit,
+            "source": self.table.source}
