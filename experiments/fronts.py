@@ -1,0 +1,127 @@
+"""Accuracy-versus-cost fronts at equal compute budgets (issue 28, item 5).
+
+Every strategy trains to the same budget B (`--budget`, in reference epochs:
+one reference epoch is one epoch of the whole model, costed in training MACs),
+its learning-rate schedule compressed to that budget, as "No Train No Gain"
+(Kaddour et al. 2023) compares. Budgets of about 1/3, 1/2, 2/3 and 1 times
+SGD's full run, several seeds, the strong recipe with flip,crop:
+
+- scratch: ResNet-18 (width 0.25) from scratch on real Fashion-MNIST
+  (Debian's dataset-fashion-mnist), 5,000 training images of which 1,000 are
+  held out for validation, 2,000 test images; full run = 12 epochs.
+- finetune: the fine-tuning study's class split (pretrained with SGD on
+  classes 0-4, trained on classes 5-9); full run = 6 epochs.
+
+  python experiments/fronts.py --out experiments/results/fronts [--seeds "0 1 2"]
+
+Each run is one `python -m ldjax.run` process (printed before it runs, with the
+load average); runs whose summary.json exists are skipped, so the script
+resumes. Runs go in priority order (SGD and Drop of every seed and budget
+first, then Freeze, then the store variants), so a partial study is usable.
+`python -m ldjax.report --fronts OUT/scratch` draws the figure and table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_study import split_by_class  # noqa: E402
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+COMMON = ["--model", "resnet18", "--width", "0.25", "--batch-size", "128", "--recipe", "strong",
+          "--augment", "flip,crop", "--no-progress", "--compilation-cache", "off"]
+SCRATCH = ["--dataset", f"idx:{FASHION}", "--train-size", "5000", "--val-size", "1000",
+           "--test-size", "2000", "--warmup", "2"]
+
+
+def load() -> str:
+  return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run(argv: list[str], workdir: Path, log) -> None:
+  if (workdir / "summary.json").exists():
+    return
+  flags = [*argv, "--workdir", str(workdir)]
+  flags += ["--resume"] if workdir.exists() else []
+  log(f"$ python -m ldjax.run {shlex.join(flags)}   # load {load()}")
+  subprocess.run([sys.executable, "-m", "ldjax.run", *flags], check=True)
+
+
+def jobs(out: Path, seeds: list[int], budgets: list[float], ft_budgets: list[float],
+         rule: str):
+  """(priority, argv, workdir) of every run."""
+  def name(b):
+    return f"{b:g}"
+  for seed in seeds:
+    base = [*COMMON, *SCRATCH, "--seed", str(seed), "--decision-rule", rule]
+    for b in budgets:
+      for s in ("sgd", "drop"):
+        yield 0, [*base, "--strategy", s, "--budget", name(b)], out / f"scratch/s{seed}/{s}-b{name(b)}"
+  for seed in seeds:
+    first, second = out / "finetune/first.npz", out / "finetune/second.npz"
+    pre = out / f"finetune/s{seed}/pretrain"
+    yield 1, [*COMMON, "--dataset", f"npz:{first}", "--strategy", "sgd", "--epochs", "6",
+              "--seed", str(seed)], pre
+    base = [*COMMON, "--dataset", f"npz:{second}", "--init-from", str(pre / "weights.safetensors"),
+            "--warmup", "1", "--seed", str(seed), "--decision-rule", rule]
+    for b in ft_budgets:
+      for s in ("sgd", "drop"):
+        yield 1, [*base, "--strategy", s, "--budget", name(b)], out / f"finetune/s{seed}/{s}-b{name(b)}"
+  for seed in seeds:
+    base = [*COMMON, *SCRATCH, "--seed", str(seed), "--decision-rule", rule]
+    for b in budgets:
+      yield 2, [*base, "--strategy", "freeze", "--budget", name(b)], out / f"scratch/s{seed}/freeze-b{name(b)}"
+  # The store's crop designs at 2/3 of the budget: the window approximation and K views.
+  b = budgets[len(budgets) // 2]
+  for seed in seeds:
+    base = [*COMMON, *SCRATCH, "--seed", str(seed), "--decision-rule", rule,
+            "--strategy", "drop", "--budget", name(b)]
+    yield 3, [*base, "--crop-store", "window"], out / f"variants/s{seed}/drop-window-b{name(b)}"
+    for k in (2, 8):
+      yield 3, [*base, "--crop-views", str(k)], out / f"variants/s{seed}/drop-k{k}-b{name(b)}"
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--out", default="experiments/results/fronts")
+  p.add_argument("--seeds", default="0 1 2")
+  p.add_argument("--budgets", default="4 6 8 12")
+  p.add_argument("--finetune-budgets", default="2 3 4 6")
+  p.add_argument("--rule", default="paper", help="--decision-rule of freeze and drop")
+  p.add_argument("--max-priority", type=int, default=3)
+  args = p.parse_args()
+  out = Path(args.out)
+  (out / "finetune").mkdir(parents=True, exist_ok=True)
+  if not (out / "finetune/second.npz").exists():
+    split_by_class(out / "finetune", n_train=5000, n_test=2000)
+  log_file = (out / "commands.log").open("a")
+
+  def log(line: str) -> None:
+    print(line, flush=True)
+    log_file.write(line + "\n")
+    log_file.flush()
+
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+  log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {commit}, {os.cpu_count()} CPUs, "
+      f"load {load()}: python {shlex.join(sys.argv)}")
+  todo = sorted(jobs(out, [int(s) for s in args.seeds.split()],
+                     [float(b) for b in args.budgets.split()],
+                     [float(b) for b in args.finetune_budgets.split()], args.rule),
+                key=lambda j: j[0])
+  for priority, argv, workdir in todo:
+    if priority <= args.max_priority:
+      run(argv, workdir, log)
+  log(f"# done {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load()}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
