@@ -20,6 +20,7 @@ FLAGS = {
     "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
     "crop_pad": "--crop-pad", "val_size": "--val-size", "devices": "--devices",
     "max_batch_size": "--max-batch-size", "data_shards": "--data-shards",
+    "crop_views": "--crop-views", "budget": "--budget",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -46,6 +47,8 @@ BAD = {
     "devices": (0, -1, 2.0, NAN, True, "2"),
     "max_batch_size": (0, -1, 255, 512.0, NAN, True),   # below the batch (256) too
     "data_shards": (0, -1, 2.0, NAN, True, "2"),
+    "crop_views": (0, -1, 2.0, NAN, True, "2"),
+    "budget": (*NON_FINITE, 0.0, 0, -1, 0.5, True, "4"),   # under one reference epoch too
 }
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
@@ -67,7 +70,8 @@ def test_default_config_validates():
     ("seed", 12345), ("lr_decay_epoch", None), ("lr_decay_epoch", 20),
     ("train_size", None), ("train_size", 100), ("test_size", 1), ("epochs", 1),
     ("weight_decay", 0), ("weight_decay", 5e-4), ("label_smoothing", 0.0),
-    ("label_smoothing", 0.99), ("warmup_lr_epochs", 59)])
+    ("label_smoothing", 0.99), ("warmup_lr_epochs", 59), ("crop_views", 1), ("budget", 1),
+    ("budget", 7.5), ("crop_views", None), ("budget", None)])
 def test_valid_values_pass(field, value):
   TrainConfig(**{field: value}).validate()
 
@@ -131,7 +135,12 @@ def test_batch_larger_than_training_set():
     (["--devices", "0"], "--devices"), (["--devices", "-1"], "--devices"),
     (["--devices", "64"], "--devices"), (["--devices", "1.5"], "--devices"),
     (["--drop-at", "2:x"], "--drop-at"), (["--drop-at", "3:2,2:4"], "--drop-at"),
-    (["--drop-at", "2:9", "--epochs", "3"], "--drop-at")])
+    (["--drop-at", "2:9", "--epochs", "3"], "--drop-at"),
+    (["--budget", "0"], "--budget"), (["--budget", "nan"], "--budget"),
+    (["--budget", "0.5"], "--budget"), (["--budget", "-inf"], "--budget"),
+    (["--budget", "2", "--warmup", "2"], "--budget"),
+    (["--crop-views", "0"], "--crop-views"), (["--crop-store", "exact"], "--crop-store"),
+    (["--decision-rule", "robust"], "--decision-rule")])
 def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
   workdir = tmp_path / "wd"
   code = run.main([*argv, "--workdir", str(workdir), "--no-progress",

@@ -108,8 +108,14 @@ def test_json_round_trip():
   text = json.dumps(state.to_json())   # plain JSON types only
   back = DropState.from_json(json.loads(text))
   assert back == state and isinstance(back.pending, tuple)
-  assert set(state.to_json()) == {"cut", "store_cut", "dropped_std_scores", "events", "pending"}
+  assert set(state.to_json()) == {"cut", "store_cut", "dropped_std_scores", "events", "pending",
+                                  "previous"}
   assert DropState.from_json(DropState().to_json()) == DropState()
+  # The stable rule's previous scores survive a checkpoint; older checkpoints lack them.
+  kept = DropState(previous=(2, (0.5, 0.25)))
+  assert DropState.from_json(json.loads(json.dumps(kept.to_json()))) == kept
+  old = {k: v for k, v in state.to_json().items() if k != "previous"}
+  assert DropState.from_json(old) == state
 
 
 def test_state_is_immutable():

@@ -103,6 +103,9 @@ class TrainConfig:
     floats where a count is expected are all refused, naming the flag."""
     _check_float(self.width, "--width", "a finite number > 0", lambda v: v > 0)
     _check_int(self.epochs, "--epochs", "an integer > 0", lambda v: v > 0)
+    if self.budget is not None:
+      _check_float(self.budget, "--budget", "a finite number >= 1 (reference epochs; "
+                   "every strategy's first epoch trains the whole model)", lambda v: v >= 1)
     _check_int(self.warmup, "--warmup", "an integer >= 0", lambda v: v >= 0)
     _check_int(self.batch_size, "--batch-size", "an integer > 0", lambda v: v > 0)
     if num_train is not None and self.batch_size > num_train:
@@ -130,12 +133,6 @@ class TrainConfig:
       _check_int(self.crop_views, "--crop-views", "an integer >= 1 (or unset for "
                  f"{augment.DEFAULT_CROP_VIEWS})", lambda v: v >= 1)
     _check_choice(self.decision_rule, "--decision-rule", DECISION_RULES)
-    if self.budget is not None:
-      _check_float(self.budget, "--budget", "a finite number > 0 (reference epochs)",
-                   lambda v: v > 0)
-      if self.budget < 1:
-        raise UsageError(f"--budget {self.budget} is less than one epoch of the whole model, "
-                         "the first epoch of every strategy; give --budget >= 1")
     if not isinstance(self.cost_table, str) or not self.cost_table:
       raise UsageError(f"--cost-table must be macs, measure or a file, got {self.cost_table!r}")
     _check_choice(self.precision, "--precision", PRECISIONS)
