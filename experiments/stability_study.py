@@ -19,7 +19,7 @@ better? Three phases, each resumable (a finished run is not run again):
   XLA_FLAGS is set by the script (4 host devices) before jax is imported.
   python experiments/stability_study.py record|analyze|validate|report|all
 
-Results: experiments/results/stability/{streams,validate}.json, analysis.json,
+Results: experiments/results/stability/{streams,validate_RULE}.json, analysis.json,
 README.md (the tables, the command, commit, load average and seeds).
 """
 
@@ -157,7 +157,10 @@ CANDIDATES = {
     "lead P'>=0.5": _lead_above(0.5),
     "lead P'>=1.0": _lead_above(1.0),
     "avg2 + lead P'>=0.5": _lead_above(0.5, True),
+    "avg2 + lead P'>=0.75": _lead_above(0.75, True),
     "avg2 + lead P'>=1.0": _lead_above(1.0, True),
+    "avg2 + lead P'>=1.25": _lead_above(1.25, True),
+    "avg2 + lead P'>=1.5": _lead_above(1.5, True),
     "paper confirmed on 2 epochs": _confirmed(_paper),
     "min of 2 epochs' paper cut": _min_two(_paper),
     "lead P'>=0.5 confirmed": _confirmed(_lead_above(0.5)),
@@ -259,13 +262,15 @@ def record(configs) -> None:
       print(f"record {k}: {time.time() - t0:.1f} s", flush=True)
 
 
-def validate(configs) -> None:
-  path = OUT / "validate.json"
-  done = _load(path)
+def validate(configs, rules=("paper", "stable"), bf16_configs: int | None = None) -> None:
   variants = {"base": dict(devices=1), "dev4": dict(devices=4),
               "bf16": dict(devices=1, feature_dtype="bfloat16")}
-  for c, rule, (variant, over) in itertools.product(configs, ("paper", "stable"),
-                                                    variants.items()):
+  bf16 = {c["name"] for c in configs[:bf16_configs]}
+  for rule, c, (variant, over) in itertools.product(rules, configs, variants.items()):
+    if variant == "bf16" and c["name"] not in bf16:
+      continue
+    path = OUT / f"validate_{rule}.json"   # one file per rule: two processes may run
+    done = _load(path)
     k = f"{c['name']}/{rule}/{variant}"
     if k in done:
       continue
@@ -283,6 +288,33 @@ def validate(configs) -> None:
 
 
 # -- analysis ---------------------------------------------------------------------------------
+
+EPS = (1e-4, 1e-3, 1e-2)   # absolute Gaussian noise on P, offline
+EPS_DRAWS = 10
+
+
+def _eps_flips(rule, streams, configs, eps: float) -> dict:
+  """Decisions changed by eps * N(0, 1) added to P (this epoch's and last epoch's).
+
+  Over every recorded run (base, dev4, noise) and decision epoch, EPS_DRAWS draws
+  each (seed 0): the local sensitivity to rounding-size changes of P, before
+  training amplifies them."""
+  rng = np.random.default_rng(0)
+  n = flips = 0
+  for c in configs:
+    for v in ("base", "dev4", "noise"):
+      st = streams.get(f"{c['name']}/{v}")
+      if st is None:
+        continue
+      for e in range(c["warmup"], c["epochs"] - 1):
+        p, prev = np.asarray(st["P"][e]), np.asarray(st["P"][e - 1])
+        ref = rule(p, prev)
+        for _ in range(EPS_DRAWS):
+          n += 1
+          flips += rule(p + eps * rng.standard_normal(p.shape),
+                        prev + eps * rng.standard_normal(prev.shape)) != ref
+  return dict(decisions=n, flips=flips)
+
 
 def analyze(configs) -> dict:
   streams = _load(OUT / "streams.json")
@@ -306,6 +338,7 @@ def analyze(configs) -> dict:
       row[pert] = dict(pairs=pairs, flips=flips, epochs=epochs_n, epoch_flips=epoch_flips)
     firsts = [first_decision(rule, streams[k]["P"], c["warmup"], c["epochs"])
               for c in configs for k in (f"{c['name']}/base",) if k in streams]
+    row["eps"] = {f"{eps:g}": _eps_flips(rule, streams, configs, eps) for eps in EPS}
     row["drops"] = dict(runs=len(firsts), dropped=sum(f is not None for f in firsts),
                         first=[f for f in firsts])
     out[name] = row
@@ -318,7 +351,7 @@ def _events_key(events):
 
 
 def validate_summary(configs) -> dict:
-  v = _load(OUT / "validate.json")
+  v = _load(OUT / "validate_paper.json") | _load(OUT / "validate_stable.json")
   out = {}
   for rule in ("paper", "stable"):
     row = {}
@@ -398,6 +431,9 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("phase", choices=("record", "analyze", "validate", "report", "all"))
   ap.add_argument("--configs", type=int, default=len(CONFIGS), help="the first N only")
+  ap.add_argument("--rules", default="paper,stable", help="validate: these rules")
+  ap.add_argument("--bf16-configs", type=int, default=None,
+                  help="validate: bfloat16 stores on the first N configurations only")
   args = ap.parse_args()
   OUT.mkdir(parents=True, exist_ok=True)
   configs = CONFIGS[:args.configs]
@@ -406,7 +442,7 @@ def main() -> None:
   if args.phase in ("record", "all"):
     record(configs)
   if args.phase in ("validate", "all"):
-    validate(configs)
+    validate(configs, tuple(args.rules.split(",")), args.bf16_configs)
   if args.phase in ("analyze", "report", "all"):
     report(configs)
 

@@ -366,3 +366,102 @@ def test_config_names_every_cut_rule():
   """runs.config lists the rules by name (scoring stays pure: it imports nothing of ldjax)."""
   from ldjax.runs.config import CUT_RULES
   assert tuple(scoring.CUT_RULES) == CUT_RULES
+
+
+# --- decide_stable: the "stable" rule (issue #28, item 3) ---------------------------------
+
+
+def test_stable_rule_waits_for_a_previous_epoch():
+  d = scoring.decide_stable([0.9, 0.1, 0.1], None, ())
+  assert not d.drop and d.n_star == 0
+  d = scoring.decide_stable([0.9, 0.1, 0.1], [0.9, 0.1], ())   # another head: no previous
+  assert not d.drop and d.n_star == 0
+
+
+def test_stable_rule_does_not_flip_where_the_paper_rule_does():
+  """A 1e-3 change of one P moves the paper's cut; the stable rule's stays.
+
+  P = [0.9, 0.7, 0.6, x, 0.4, 0.3, 0.2] with x = 3.1 / 6 = 0.51667 has mean x,
+  so stage 3's P' is 0 there: x = 0.5172 gives P'_3 = +0.002 (first sign change
+  after stage 3, n* = 4), x = 0.5162 gives -0.002 (n* = 3). std = 0.2232:
+  P' = [1.72, 0.82, 0.37, ~0, -0.52, -0.97, -1.42]. The stable rule only takes
+  the leading stages with P' >= 1.0 (of the two-epoch mean): stage 0 in both."""
+  prev = [0.9, 0.7, 0.6, 0.5167, 0.4, 0.3, 0.2]
+  hi, lo = [0.9, 0.7, 0.6, 0.5172, 0.4, 0.3, 0.2], [0.9, 0.7, 0.6, 0.5162, 0.4, 0.3, 0.2]
+  assert (scoring.decide(hi, []).n_star, scoring.decide(lo, []).n_star) == (4, 3)
+  for cut_rule in scoring.CUT_RULES:
+    a = scoring.decide_stable(hi, prev, (), cut_rule)
+    b = scoring.decide_stable(lo, prev, (), cut_rule)
+    assert (a.drop, a.n_star) == (b.drop, b.n_star) == (True, 1)
+    assert a.median_candidates == pytest.approx(1.72, abs=0.01)
+
+
+def test_stable_rule_drops_on_a_smooth_profile():
+  """The first draft's flaw: a monotone P' profile never had a sign change that
+  cleared +-0.5 on both sides, so it never dropped. With P (both epochs)
+  1.69, 0.99, 0.61, 0.38, 0.11, -0.26, -0.67, -1.0, -1.35, -1.5: mean 0, std 0.937,
+  P' = [1.80, 1.10, 0.72, 0.48, ...]: the two leading stages clear 1.0."""
+  p = [1.69, 0.99, 0.61, 0.38, 0.11, -0.26, -0.67, -1.0, -1.35, -1.5]
+  d = scoring.decide_stable(p, p, ())
+  assert d.drop and d.n_star == 2
+  np.testing.assert_allclose(d.std_scores[:2], [1.803, 1.098], atol=1e-3)
+
+
+def test_stable_rule_averages_two_epochs():
+  """A stage high in one epoch only is not dropped.
+
+  This epoch P = [0.9, 0.1, 0.1, 0.1] (P'_0 = sqrt3), last epoch
+  [0.5, 0.1, 0.1, 0.1]: the mean [0.7, 0.1, 0.1, 0.1] has P' = [sqrt3, -1/sqrt3 x 3]:
+  1 candidate, Eq. 4 agrees. Last epoch [0.1, 0.1, 0.9, 0.9]: mean [0.5, 0.1, 0.5, 0.5], P' = [1/sqrt3, -sqrt3, 1/sqrt3,
+  1/sqrt3]: 0.577 < 1.0, no candidate, where the paper's rule on this epoch drops 1."""
+  d = scoring.decide_stable([0.9, 0.1, 0.1, 0.1], [0.5, 0.1, 0.1, 0.1], ())
+  np.testing.assert_allclose(d.std_scores, [math.sqrt(3)] + [-1 / math.sqrt(3)] * 3)
+  assert d.drop and d.n_star == 1
+  assert scoring.decide([0.9, 0.1, 0.1, 0.1], []).drop
+  d = scoring.decide_stable([0.9, 0.1, 0.1, 0.1], [0.1, 0.1, 0.9, 0.9], ())
+  np.testing.assert_allclose(d.std_scores, [1 / math.sqrt(3), -math.sqrt(3)] + [1 / math.sqrt(3)] * 2)
+  assert not d.drop and d.n_star == 0
+
+
+def test_stable_rule_caps_the_median_of_the_dropped():
+  """A stem dropped alone at P' = 2.5 does not block later drops: M_c = sqrt3 = 1.73
+  (P = [0.9, 0.1, 0.1, 0.1] both epochs) is compared with min(2.5, 1.0); the
+  paper's rule compares it with 2.5 and refuses."""
+  p = [0.9, 0.1, 0.1, 0.1]
+  d = scoring.decide_stable(p, p, (2.5,))
+  assert d.drop and d.n_star == 1 and d.median_dropped == 2.5
+  assert d.median_candidates == pytest.approx(math.sqrt(3))
+  assert not scoring.decide(p, (2.5,)).drop
+
+
+def test_stable_rule_never_takes_the_last_stage():
+  # Two stages: P' = [1, -1] whatever P (up to rounding, which the 1e-9 tolerance
+  # absorbs); stage 0 reaches the margin 1.0 and is the only possible candidate.
+  for p in ([0.9, 0.1], [0.7, 0.3], [0.61, 0.6], [1 / 3, 0.1]):
+    d = scoring.decide_stable(p, p, ())
+    assert d.drop and d.n_star == 1
+  assert scoring.lead_above([1 - 1e-12, -1.0], 1.0) == 1
+  assert scoring.lead_above([2.0, 1.5, 1.2], 1.0) == 2
+  assert scoring.lead_above([0.9, 1.5], 1.0) == 0
+  assert scoring.lead_above([], 1.0) == 0
+
+
+def test_decide_dispatches_the_stable_rule():
+  p, prev = [0.9, 0.7, 0.6, 0.5172, 0.4, 0.3, 0.2], [0.9, 0.7, 0.6, 0.5167, 0.4, 0.3, 0.2]
+  a, b = scoring.decide(p, [], rule="stable", previous=prev), scoring.decide_stable(p, prev, [])
+  np.testing.assert_array_equal(a.std_scores, b.std_scores)
+  assert (a.n_star, a.drop, a.median_candidates) == (b.n_star, b.drop, b.median_candidates)
+  assert not scoring.decide(p, [], rule="stable").drop   # no previous epoch yet
+
+
+def test_stable_rule_resists_rounding_noise_on_recorded_scores():
+  """1e-4 absolute noise on a recorded P profile (vgg11 at 1/16, epoch 3 of
+  experiments/stability_study.py, c00) never changes the stable rule's decision."""
+  prev = [0.6137, 0.6038, 0.6167, 0.6216, 0.6106, 0.6010, 0.5736, 0.5475]
+  p = [0.6057, 0.6738, 0.6722, 0.6374, 0.6263, 0.6222, 0.6022, 0.5556]
+  ref = scoring.decide_stable(p, prev, ())
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    d = scoring.decide_stable(np.add(p, 1e-4 * rng.standard_normal(8)),
+                              np.add(prev, 1e-4 * rng.standard_normal(8)), ())
+    assert (d.drop, d.n_star) == (ref.drop, ref.n_star)
