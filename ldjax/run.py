@@ -337,7 +337,9 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
       print(f"ldjax: {model.name} (width {cfg.width}) on {data.name}: "
             f"{data.num_train} train / {len(data.x_test)} test images "
             f"{'x'.join(map(str, data.image_shape))}; strategies {','.join(strategies)}; "
-            f"{cfg.epochs} epochs, warm-up {cfg.warmup}; work directory {workdir}; "
+            + (f"{cfg.epochs} epochs" if cfg.budget is None else
+               f"a budget of {cfg.budget:g} reference epochs ({cfg.cost_table} costs)")
+            + f", warm-up {cfg.warmup}; work directory {workdir}; "
             f"compilation cache {cache or 'off'}", flush=True)
       with stop_on_sigint() as should_stop:
         if chunks is None:

@@ -42,7 +42,11 @@ DEVICES = (1, 2, 4)      # one train step on each
 CLI_DEVICES = (1, 4)     # whole runs (2 devices: the resumed run)
 CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--test-size", "130",
             "--batch-size", "64", "--eval-batch-size", "50", "--epochs", "4", "--warmup", "1",
-            "--lr", "0.05", "--strategy", "drop,freeze", "--no-progress"]
+            "--lr", "0.05", "--strategy", "drop,freeze", "--no-progress",
+            # Forced decisions: the paper's rule can take another cut on another device
+            # count (reductions add in another order); what is tested here is that the
+            # same decisions give the same run, on any x86-64 processor.
+            "--drop-at", "2:2,3:4"]
 
 # One SGD step of `model` from `v0` on the first 64 training images, on placement `p`
 # (the runner here and tests/test_multiprocess.py's worker both embed it).
@@ -100,12 +104,20 @@ for n in spec["devices"]:
       "replicated": all(a.sharding.is_equivalent_to(p.replicated, a.ndim) for a in on_mesh),
       "batch": p.put_batch(data.x_train[:64]).sharding.spec == p.batch.spec}
 ref = jax.tree.leaves(steps_out[spec["devices"][0]])
-# How far each leaf is outside rtol 1e-4, atol 1e-6 (0: within). The conv biases in front
-# of BatchNorm have a true gradient of 0, so theirs is rounding noise around 1e-9.
+# How far each leaf is outside its tolerance (0: within). Sharding re-associates float32
+# sums: a sum of N terms added in another order moves by about sqrt(N) u (sum of |terms|)
+# (u = 2^-24), and the largest reductions of this step (the first conv's weight gradient
+# and BatchNorm's statistics) run over N = 64 x 28 x 28 positions. The tolerance of a leaf
+# is 16 sqrt(N) u max|leaf| (2.1e-4 of the leaf's scale), with rtol 1e-4 and atol 1e-6 for
+# the conv biases in front of BatchNorm, whose true gradient is 0 (rounding noise ~1e-9).
+# A bug this catches (statistics of one 16- or 32-example shard, a gradient not summed over
+# the shards) moves leaves by tens of percent of their scale.
+ROUNDING = 16 * np.sqrt(64 * 28 * 28) * 2.0 ** -24
 out["step_excess"] = {}
 for n, got in steps_out.items():
-  out["step_excess"][n] = max(float(np.max(np.abs(a - b) - 1e-4 * np.abs(a) - 1e-6))
-                              for a, b in zip(ref, jax.tree.leaves(got)))
+  out["step_excess"][n] = max(
+      float(np.max(np.abs(a - b) - 1e-4 * np.abs(a) - ROUNDING * np.max(np.abs(a)) - 1e-6))
+      for a, b in zip(ref, jax.tree.leaves(got)))
   out.setdefault("step_loss", {})[n] = float(got[0])
 
 def cli(argv):
@@ -123,7 +135,7 @@ out["bad"] = [cli(argv + ["--workdir", os.path.join(spec["tmp"], f"bad{i}")])
 
 # Stopped after epoch 3 on 4 devices (its drop decision pending), resumed on 2.
 cfg = TrainConfig(model="vgg11", width=0.0625, epochs=4, warmup=1, batch_size=64, lr=0.05,
-                  eval_batch_size=50, devices=4)
+                  eval_batch_size=50, devices=4, drop_at="2:2,3:4")
 run_dir = RunDir(os.path.join(spec["tmp"], "resume"))
 v0 = model.init(jax.random.key(0), data.image_shape)
 done = []
@@ -186,7 +198,10 @@ def test_one_step_is_the_global_batch_step(runs):
   # summed over the shards, would differ by orders of magnitude more.
   for n in DEVICES:
     assert runs["step_excess"][str(n)] <= 0, runs["step_excess"]
-    assert runs["step_loss"][str(n)] == pytest.approx(runs["step_loss"]["1"], rel=1e-6)
+    # The forward pass differs by BatchNorm's statistics, sums over 64 x 28 x 28 positions
+    # re-associated (the runner's ROUNDING).
+    assert runs["step_loss"][str(n)] == pytest.approx(
+        runs["step_loss"]["1"], rel=16 * (64 * 28 * 28) ** 0.5 * 2.0 ** -24)
 
 
 def test_state_is_replicated_and_the_batch_sharded(runs):
@@ -209,7 +224,7 @@ def test_device_count_is_recorded(runs):
       assert read(runs["tmp"], n, strategy, "summary.json")["devices"] == n
 
 
-def test_decisions_do_not_depend_on_the_device_count(runs):
+def test_forced_decisions_give_the_same_run_on_every_device_count(runs):
   one = read(runs["tmp"], 1, "drop", "summary.json")
   assert one["drop_events"], "no drop happened: the comparison would prove nothing"
   for n in CLI_DEVICES[1:]:

@@ -40,10 +40,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from ldjax.errors import UsageError
+from ldjax.train import scoring
 
 TABLE_FILE = "cost_table.json"
 SOURCES = ("macs", "measure")
@@ -206,3 +212,54 @@ class Budget:
     return {"reference_epochs": self.reference_epochs, "spent": self.spent,
             "spent_reference_epochs": self.spent_epochs(), "unit": self.table.unit,
             "source": self.table.source}
+
+
+def measure(trainer, repeats: int = 5) -> CostTable:
+  """The "measure" table of a `Trainer`'s model: seconds per example of each program.
+
+  Compiles the whole model's step, Freeze's step at each cut (0, c), Drop's head
+  step at each cut (c, c) and the extraction of stages [0, c) from the stored
+  views, runs each once to warm up, then `repeats` rounds that time one call of
+  every program in turn (interleaved, so a slow moment of the machine touches them
+  all alike), and keeps each program's median. The inputs are zeros of the right
+  shapes: a step's time does not depend on its values. Nothing of the trainer's
+  state changes (its variables are copied before the steps donate them).
+  """
+  n = trainer.model.num_conv
+  batch = trainer.local_batch
+  put = trainer.placement.put_local
+  programs = {}
+  for key in [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]:
+    store_cut, cut = key
+    step = trainer.compile_step(store_cut, cut).fn
+    shape = trainer.net.input_struct(store_cut, trainer.cfg.batch_size, trainer.feature_dtype)
+    x = put(np.zeros((batch, *shape.shape[1:]), shape.dtype))
+    y = put(np.zeros(batch, np.int32))
+    state = jax.tree.map(jnp.copy, trainer.head_state(cut))
+    carry = [state, trainer.placement.replicate(scoring.init(state.params))]
+    frozen = trainer.variables[store_cut:cut]
+
+    def call(step=step, carry=carry, frozen=frozen, x=x, y=y):
+      state, scores, m = step(*carry, frozen, x, y, trainer.key, np.int32(0), np.float32(0))
+      carry[:] = [state, scores]
+      jax.block_until_ready(m)
+    programs["train", key] = call
+  view = trainer.augment.view_shape(trainer.data.image_shape)
+  for c in range(1, n):
+    extract = trainer.compile_extract(0, c).fn
+    x = put(np.zeros((batch, *view), np.uint8))
+    tail = trainer.variables[:c]
+    programs["extract", (0, c)] = lambda f=extract, t=tail, x=x: jax.block_until_ready(f(t, x))
+  times = {k: [] for k in programs}
+  for call in programs.values():
+    call()   # warm-up
+  for _ in range(repeats):
+    for k, call in programs.items():
+      t0 = time.perf_counter()
+      call()
+      times[k].append(time.perf_counter() - t0)
+  per = {k: float(np.median(v)) / trainer.cfg.batch_size for k, v in times.items()}
+  return CostTable("measure", "seconds per example", trainer.model.name,
+                   tuple(trainer.model.stage_names), tuple(trainer.data.image_shape),
+                   tuple(view), {k: v for (kind, k), v in per.items() if kind == "train"},
+                   {k: v for (kind, k), v in per.items() if kind == "extract"})

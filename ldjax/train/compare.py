@@ -25,7 +25,8 @@ from ldjax.reporting.report import report_comparison
 from ldjax.runs import cluster, compile_cache
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
-from ldjax.train import continuation
+from ldjax.data.augment import Augment
+from ldjax.train import budget, continuation
 from ldjax.train import sharding
 from ldjax.train.continuation import Start
 from ldjax.train.epoch import Trainer
@@ -50,6 +51,11 @@ def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, Stage
     data = keep_train_block(data, blocks.start, blocks.stop)
   model = build_model(cfg.model, data.image_shape, data.num_classes, width=cfg.width,
                       batch_norm=cfg.batch_norm)
+  if cfg.cost_table not in budget.SOURCES:   # a file: for this model and store layout
+    view = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape, cfg.crop_store,
+                         cfg.crop_views).view_shape(data.image_shape)
+    budget.load_table(cfg.cost_table).check_for(model.name, model.stage_names,
+                                                data.image_shape, view, cfg.cost_table)
   return data, model
 
 
@@ -83,6 +89,8 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
     if cfg.val_size and data.x_val is None:   # held out first: it recomputes mean and std
       data = hold_out(data, cfg.val_size)
     data = continuation.with_normalization(data, starts)
+  if cfg.budget is not None and cfg.cost_table == "measure":
+    cfg = shared_cost_table(cfg, model, data, variables, workdir, resume, log)
   if len(strategies) > 1 and compile_cache.enabled():
     log(f"compiled the whole-model step into the compilation cache in "
         f"{warm_cache(model, data, cfg, variables):.1f} s (outside every strategy's T)")
@@ -182,6 +190,24 @@ def initial_variables(model: StagedModel, data: Dataset, cfg: TrainConfig,
   log(f"initial weights from {cfg.init_from}: {info}"
       + ("" if norm is None else f"; inputs normalized with their mean {norm[0]}, std {norm[1]}"))
   return variables, norm
+
+
+def shared_cost_table(cfg: TrainConfig, model: StagedModel, data: Dataset, variables,
+                      workdir: Path, resume: bool, log=print) -> TrainConfig:
+  """`cfg` with `--cost-table measure` replaced by a table measured once, here, and
+  written to the work directory (`budget.TABLE_FILE`), which every strategy reads;
+  a resumed comparison reads the table it measured before."""
+  path = workdir / budget.TABLE_FILE
+  if not (resume and path.exists()):
+    t0 = time.perf_counter()
+    table = Trainer(model, data, cfg, "drop", variables, None).costs
+    if cluster.is_primary():
+      workdir.mkdir(parents=True, exist_ok=True)
+      write_json_atomic(path, table.to_json())
+    cluster.barrier("cost table written")
+    log(f"measured the cost table in {time.perf_counter() - t0:.1f} s (outside every "
+        f"strategy's T): {path}")
+  return dataclasses.replace(cfg, cost_table=str(path))
 
 
 def warm_cache(model: StagedModel, data: Dataset, cfg: TrainConfig, variables) -> float:

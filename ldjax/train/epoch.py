@@ -113,12 +113,8 @@ class Trainer:
       self.view_macs = [c.macs for c in view_costs]
     # What steps and extractions cost (`ldjax.train.budget`): the budget charges them and
     # the stable rule's drops must pay for their extraction.
-    self.costs = cost_table or budget.CostTable.from_macs(
-        model.name, model.stage_names, data.image_shape,
-        self.augment.view_shape(data.image_shape), self.macs, self.view_macs)
-    self.budget = None if cfg.budget is None else budget.Budget(
-        self.costs, cfg.budget, self.n_train, cfg.batch_size)
-    self.tx = optim.make_optimizer(cfg, self.steps_per_epoch, budget_steps=self.budget_steps)
+    self.costs = cost_table or self._cost_table(cfg.cost_table)
+    self._start_budget()
     self.opt_states = self.placement.replicate(
         [self.tx.init(v.get("params", {})) for v in self.variables])
     self.drop = DropState()
@@ -136,6 +132,28 @@ class Trainer:
     self.evaluator = Evaluator(self.net, data.x_test, data.y_test, cfg, self.variables)
     self.val_evaluator = None if data.x_val is None else Evaluator(
         self.net, data.x_val, data.y_val, cfg, self.variables, split="val")
+    if cost_table is None and cfg.cost_table == "measure":   # needs the programs above
+      self.costs = budget.measure(self)
+      self._start_budget()
+
+  def _cost_table(self, spec: str) -> budget.CostTable:
+    """`--cost-table`: training MACs ("macs", also what "measure" starts from), or a file."""
+    view_shape = self.augment.view_shape(self.data.image_shape)
+    if spec not in budget.SOURCES:
+      table = budget.load_table(spec)
+      table.check_for(self.model.name, self.model.stage_names, self.data.image_shape,
+                      view_shape, spec)
+      return table
+    return budget.CostTable.from_macs(self.model.name, self.model.stage_names,
+                                      self.data.image_shape, view_shape, self.macs,
+                                      self.view_macs)
+
+  def _start_budget(self) -> None:
+    """The budget of --budget (from `costs`) and the optimizer whose schedule it sets."""
+    cfg = self.cfg
+    self.budget = None if cfg.budget is None else budget.Budget(
+        self.costs, cfg.budget, self.n_train, cfg.batch_size)
+    self.tx = optim.make_optimizer(cfg, self.steps_per_epoch, budget_steps=self.budget_steps)
 
   @property
   def budget_steps(self) -> int | None:
@@ -476,8 +494,11 @@ class Trainer:
     cut, n_conv = self.drop.cut, self.model.num_conv
     sums, abs_sums = jax.device_get((scores.sum[:n_conv - cut], scores.abs_sum[:n_conv - cut]))
     rule = self.cfg.decision_rule
+    # The stable rule also waits for the learning-rate warm-up to end.
+    warmup = self.cfg.warmup if rule == "paper" else max(self.cfg.warmup,
+                                                         self.cfg.warmup_lr_epochs)
     record, self.drop = decisions.score_and_decide(
-        sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=self.cfg.warmup,
+        sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=warmup,
         last=self.is_last(epoch), stage_names=self.model.stage_names[cut:n_conv],
         cut_rule=self.cfg.cut_rule, forced=self.cfg.drop_schedule, rule=rule,
         pays=None if rule == "paper" else lambda c: self.pays(c, epoch))
