@@ -119,15 +119,19 @@ def test_measured_table_has_every_entry_and_loads_back(model, variables, tiny_da
   path.write_text(json.dumps(table.to_json()))
   again = budget.load_table(str(tmp_path))
   assert again == table
-  again.check_for(model.name, model.stage_names, tiny_data.image_shape,
+  again.check_for(model.name, model.stage_names, model.num_conv, tiny_data.image_shape,
                   tiny_data.image_shape, str(path))
+  with pytest.raises(UsageError, match="lacks entries"):
+    budget.CostTable.from_json(table.to_json() | {"train": {"0,0": 1.0}}, "t").check_for(
+        model.name, model.stage_names, model.num_conv, tiny_data.image_shape,
+        tiny_data.image_shape, "t")
 
 
 def test_table_for_another_model_or_malformed_is_refused(model, tiny_data, tmp_path):
   t = budget.CostTable.from_macs("vgg11", ("a", "b"), (28, 28, 1), (28, 28, 1), [1, 2], [1, 2])
   with pytest.raises(UsageError, match="was made for vgg11"):
-    t.check_for(model.name, model.stage_names, tiny_data.image_shape, tiny_data.image_shape,
-                "t.json")
+    t.check_for(model.name, model.stage_names, model.num_conv, tiny_data.image_shape,
+                tiny_data.image_shape, "t.json")
   with pytest.raises(UsageError, match="no such file"):
     budget.load_table(str(tmp_path / "missing.json"))
   bad = tmp_path / "bad.json"

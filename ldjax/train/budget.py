@@ -125,8 +125,8 @@ class CostTable:
                        "and finite costs >= 0")
     return table
 
-  def check_for(self, model: str, stage_names: Sequence[str], image_shape, view_shape,
-                where: str) -> None:
+  def check_for(self, model: str, stage_names: Sequence[str], num_conv: int, image_shape,
+                view_shape, where: str) -> None:
     """UsageError unless the table was made for this model, input and store layout."""
     mine = (self.model, list(self.stage_names), list(self.image_shape), list(self.view_shape))
     theirs = (model, list(stage_names), list(image_shape), list(view_shape))
@@ -136,7 +136,7 @@ class CostTable:
                        f"{'x'.join(map(str, self.view_shape))}), this run is {model} on "
                        f"{'x'.join(map(str, image_shape))} (views "
                        f"{'x'.join(map(str, view_shape))}); use macs or measure")
-    n = len(stage_names)
+    n = num_conv   # cuts 1 .. num_conv - 1 (the last conv stage is never dropped)
     need = [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]
     missing = [k for k in need if k not in self.train]
     missing += [(0, b) for b in range(1, n) if (0, b) not in self.extract]

@@ -54,7 +54,7 @@ def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, Stage
   if cfg.cost_table not in budget.SOURCES:   # a file: for this model and store layout
     view = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape, cfg.crop_store,
                          cfg.crop_views).view_shape(data.image_shape)
-    budget.load_table(cfg.cost_table).check_for(model.name, model.stage_names,
+    budget.load_table(cfg.cost_table).check_for(model.name, model.stage_names, model.num_conv,
                                                 data.image_shape, view, cfg.cost_table)
   return data, model
 

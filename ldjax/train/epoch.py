@@ -141,8 +141,8 @@ class Trainer:
     view_shape = self.augment.view_shape(self.data.image_shape)
     if spec not in budget.SOURCES:
       table = budget.load_table(spec)
-      table.check_for(self.model.name, self.model.stage_names, self.data.image_shape,
-                      view_shape, spec)
+      table.check_for(self.model.name, self.model.stage_names, self.model.num_conv,
+                      self.data.image_shape, view_shape, spec)
       return table
     return budget.CostTable.from_macs(self.model.name, self.model.stage_names,
                                       self.data.image_shape, view_shape, self.macs,
