@@ -17,9 +17,10 @@ import pytest
 
 import ldjax
 from ldjax import run
-from ldjax.errors import UsageError
+from ldjax.errors import Interrupted, UsageError
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
+from ldjax.runs.workdir import RunDir
 from ldjax.train import budget
 from ldjax.train.epoch import Trainer
 
@@ -163,3 +164,24 @@ def test_cli_refuses_bad_budgets_and_tables_before_writing(extra, match, tmp_pat
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and match in err[0], err
   assert not workdir.exists()
+
+
+def test_a_resumed_budget_run_ends_like_the_uninterrupted_one(model, variables, tiny_data,
+                                                              tmp_path, runs):
+  """Stopped after 2 epochs (its drop's store written), resumed: the budget spent comes
+  back from the checkpoint, so the same steps, decisions and weights follow."""
+  c = cfg(budget=3.5, drop_at="1:4")
+  run_dir = RunDir(tmp_path / "run")
+  done = []
+  with pytest.raises(Interrupted):
+    ldjax.fit(model, tiny_data, c, "drop", variables=variables, run_dir=run_dir,
+              progress=False, on_epoch=done.append, should_stop=lambda: len(done) >= 2)
+  resumed = ldjax.fit(model, tiny_data, c, "drop", variables=variables, run_dir=run_dir,
+                      resume=True, progress=False)
+  ref, _ = runs["drop"]
+  assert resumed["drop_events"] == ref["drop_events"] and resumed["steps"] == ref["steps"]
+  assert resumed["budget"] == ref["budget"] and resumed["epochs"] == ref["epochs"]
+  for a, b in zip(jax.tree.leaves(resumed["variables"]), jax.tree.leaves(ref["variables"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  table = json.loads((tmp_path / "run" / budget.TABLE_FILE).read_text())
+  assert table["source"] == "macs" and table["model"] == "resnet18"
