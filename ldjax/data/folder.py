@@ -122,6 +122,16 @@ def _images_of(class_dir: Path, root: Path) -> tuple[list[str], int]:
   return sorted(found), other
 
 
+def find_images(path: str | os.PathLike) -> tuple[list[Path], int]:
+  """The image files of a file or (recursively, sorted by path) a folder, and how many
+  other files the folder holds."""
+  path = Path(path)
+  if not path.is_dir():
+    return [path], 0
+  found, other = _images_of(path, path)
+  return [path / f for f in found], other
+
+
 def _read_classes(directory: Path, root: Path) -> tuple[dict[str, list[str]], int]:
   """{class: image files} of a tree of class folders; UsageError for no class folder or a
   class folder without images."""
