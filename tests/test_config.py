@@ -47,6 +47,12 @@ BAD = {
     "max_batch_size": (0, -1, 255, 512.0, NAN, True),   # below the batch (256) too
     "data_shards": (0, -1, 2.0, NAN, True, "2"),
 }
+# folder:DIR settings (ldjax.data.folder)
+FLAGS |= {"image_size": "--image-size", "channels": "--channels",
+          "test_fraction": "--test-fraction"}
+BAD |= {"image_size": ((0, 8), (8,), (8, 8, 3), (-1, 8), (8.0, 8), (True, 8), "28", 28),
+        "channels": (0, 2, 4, 3.0, True, "3"),
+        "test_fraction": (*NON_FINITE, 0, 0.0, 1, 1.0, -0.1, True)}
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
 

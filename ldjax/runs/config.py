@@ -170,19 +170,22 @@ class TrainConfig:
 
   def _validate_folder(self) -> None:
     """--image-size, --channels, --test-fraction, --skip-bad-images, --image-cache."""
+    if self.channels is not None:
+      _check_int(self.channels, "--channels", "1 or 3", lambda v: v in (1, 3))
+    if self.test_fraction is not None:
+      _check_float(self.test_fraction, "--test-fraction", "a number in (0, 1)",
+                   lambda v: 0 < v < 1)
+    if self.image_size is not None:
+      size = self.image_size
+      if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+          isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise UsageError(f"--image-size must be two integers > 0 (H, W), got {size!r}")
     given = [flag for flag, v in (("--image-size", self.image_size), ("--channels", self.channels),
                                   ("--test-fraction", self.test_fraction),
                                   ("--skip-bad-images", self.skip_bad_images or None),
                                   ("--image-cache", self.image_cache)) if v is not None]
     if given and not str(self.dataset).startswith("folder:"):
       raise UsageError(f"{given[0]} applies to --dataset folder:DIR only")
-    if self.channels is not None:
-      _check_int(self.channels, "--channels", "1 or 3", lambda v: v in (1, 3))
-    if self.test_fraction is not None:
-      _check_float(self.test_fraction, "--test-fraction", "a number in (0, 1)",
-                   lambda v: 0 < v < 1)
-    if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
-      raise UsageError(f"--image-size must be two sizes > 0, got {self.image_size!r}")
 
   def _validate_recipe(self) -> None:
     """The optimizer, schedule and loss settings (`ldjax.train.optim`)."""
