@@ -141,14 +141,13 @@ def read_npy(path: Path) -> np.ndarray:
   return x
 
 
-def image_files(path: Path) -> list[Path]:
-  """The images of --input (a file, or a folder searched recursively)."""
+def image_files(path: Path) -> tuple[list[Path], int]:
+  """The images of --input (a file, or a folder searched recursively), and how many other
+  files the folder holds."""
   files, ignored = find_images(path)
   if not files or not is_image_name(files[0]):
     raise UsageError(f"--input {path} holds no images (e.g. .jpg, .png, .bmp, .webp, .gif)")
-  if ignored:
-    print(f"predict: {ignored} files in {path} that are no images ignored", file=sys.stderr)
-  return files
+  return files, ignored
 
 
 def decoded(files: list[Path], shape: tuple[int, int, int], progress: bool):
@@ -189,8 +188,8 @@ def true_labels(root: Path, files: list[Path], classes: Sequence[str] | None) ->
   return np.array(out, np.int32)
 
 
-def read_input(path: Path) -> np.ndarray | list[Path]:
-  """An .npy array, or the image files to decode."""
+def read_input(path: Path) -> tuple[np.ndarray | list[Path], int]:
+  """An .npy array, or the image files to decode; and the files ignored."""
   if not path.exists():
     raise UsageError(f"--input {str(path)!r} does not exist")
   if path.is_dir() or is_image_name(path):
@@ -201,7 +200,7 @@ def read_input(path: Path) -> np.ndarray | list[Path]:
                      "(one image: x[None])")
   if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
     raise UsageError(f"--input {path} is {x.dtype}; give float32 (normalized) or uint8 pixels")
-  return x
+  return x, 0
 
 
 def normalization(args, meta: dict | None, weights_file: Path, channels: int
@@ -245,6 +244,7 @@ class Prediction:
   class_names: list[str]             # by class index: the weights' names, else "0", "1", ...
   labels: np.ndarray | None          # --evaluate: the true classes
   what: str                          # the model and where its weights came from
+  ignored: int = 0                   # files of the --input folder that are no images
 
 
 def predict(args, progress: bool = False) -> Prediction:
@@ -272,7 +272,7 @@ def predict(args, progress: bool = False) -> Prediction:
   shape = parse_shape(args.image_size) if args.image_size else (
       tuple(meta["image_shape"]) if meta.get("image_shape") else None)
   root = Path(args.input)
-  x = read_input(root)
+  x, ignored = read_input(root)
   files = x if isinstance(x, list) else None
   if files is not None and shape is None:   # torch weights without --image-size
     first = read_first_header(files[0])
@@ -312,7 +312,7 @@ def predict(args, progress: bool = False) -> Prediction:
   rows = ([str(f.relative_to(root)) if root.is_dir() else f.name for f in files]
           if files is not None else [str(i) for i in range(n)])
   return Prediction(logits.astype(np.float32), rows, names or [str(i) for i in range(classes)],
-                    labels, f"{model.name} (width {width}) from {info}")
+                    labels, f"{model.name} (width {width}) from {info}", ignored)
 
 
 def read_first_header(path: Path) -> Header:
@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       tmp.unlink(missing_ok=True)
   logits = result.logits
   print(f"wrote logits {logits.shape[0]} x {logits.shape[1]} to {out} and the top "
-        f"{min(args.top_k, logits.shape[1])} classes to {table}: {result.what}")
+        f"{min(args.top_k, logits.shape[1])} classes to {table}: {result.what}"
+        + (f"; {result.ignored} files that are no images ignored" if result.ignored else ""))
   if result.labels is not None:
     print(confusion_text(result))
   return 0

@@ -391,3 +391,145 @@ def test_ctrl_c_mid_decode_removes_the_partial_entry(tmp_path, one_tree):
   assert proc.returncode == 130, err
   assert "interrupted" in err.decode() and b"Traceback" not in err
   assert list(cache.iterdir()) == [] and not (tmp_path / "wd").exists()
+
+
+# --- from the command line: train, a second start, predict ---------------------------------------
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), bit by bit: independent of the writer's own implementation."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def masked(crc: int) -> int:
+  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_events(path: Path) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of a TensorBoard event file, its record checksums verified."""
+  from tensorboardX.proto import event_pb2
+  raw, pos, out = path.read_bytes(), 0, {}
+  while pos < len(raw):
+    header = raw[pos:pos + 8]
+    assert int.from_bytes(raw[pos + 8:pos + 12], "little") == masked(crc32c(header))
+    n = int.from_bytes(header, "little")
+    data = raw[pos + 12:pos + 12 + n]
+    assert int.from_bytes(raw[pos + 12 + n:pos + 16 + n], "little") == masked(crc32c(data))
+    pos += 16 + n
+    event = event_pb2.Event.FromString(data)
+    for value in event.summary.value:
+      out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out
+
+
+@pytest.fixture(scope="module")
+def trained(splits, tmp_path_factory):
+  """Drop (a forced drop after epoch 1: the store is extracted from the memory-mapped
+  images) on the train/test folder from the command line, with --tensorboard."""
+  tmp = tmp_path_factory.mktemp("trained")
+  argv = [*SMALL, "--model", "vgg11", "--dataset", f"folder:{splits}", "--strategy", "drop",
+          "--drop-at", "1:2", "--image-size", "28", "--image-cache", str(tmp / "cache"),
+          "--workdir", str(tmp / "wd"), "--tensorboard", "--lr", "0.05"]
+  out, err = io.StringIO(), io.StringIO()
+  import contextlib
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = run.main(argv)
+  return code, out.getvalue(), err.getvalue(), tmp, argv
+
+
+def test_cli_trains_on_a_folder(trained):
+  code, out, err, tmp, _ = trained
+  assert code == 0, err
+  assert "decoding them once to 28x28x3" in out and "10 classes, 160 train, 40 test" in out
+  names = [f"class_{c}" for c in range(10)]
+  from ldjax.weights import load_weights
+  run_dir = tmp / "wd"
+  assert json.loads((run_dir / "config.json").read_text())["class_names"] == names
+  _, meta = load_weights(run_dir)
+  assert meta["class_names"] == names and meta["resize"] == images.POLICY
+  assert meta["image_shape"] == [28, 28, 3]
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["drop_events"]   # the forced drop happened
+
+
+def test_metrics_csv_and_tensorboard_agree_with_jsonl(trained):
+  import csv
+  code, out, err, tmp, _ = trained
+  assert code == 0, err
+  run_dir = tmp / "wd"
+  records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+  rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+  assert [int(r["epoch"]) for r in rows] == [1, 2]
+  for rec, row in zip(records, rows):
+    assert float(row["test_accuracy"]) == rec["test_accuracy"]
+    assert float(row["loss"]) == rec["loss"] and float(row["time_train_s"]) == rec["time"]["train_s"]
+    assert row["val_accuracy"] == "" and int(row["dropped_stages"]) == rec["dropped_stages"]
+  (events,) = run_dir.glob("events.out.tfevents.*")
+  scalars = read_events(events)
+  assert scalars["accuracy/test"] == pytest.approx({r["epoch"]: r["test_accuracy"]
+                                                    for r in records})
+  assert scalars["loss/train"] == pytest.approx({r["epoch"]: r["loss"] for r in records})
+  assert scalars["drop/dropped_stages"] == {1: 0.0, 2: 2.0}
+  assert "time/epoch_s" in scalars
+
+
+def test_second_start_reads_the_cache(trained, capsys):
+  code, out, err, tmp, argv = trained
+  assert code == 0, err
+  # The same command again (with --overwrite): its data load reads the cache; stop it right
+  # after, with a setting only the loaded data refutes.
+  code = run.main([*argv, "--overwrite", "--batch-size", "1000"])
+  out, err = capsys.readouterr()
+  assert code == 2 and "--batch-size 1000 is larger than the training set" in err
+  assert "decoded images read from the cache" in out and "decoding" not in out
+
+
+def test_predict_evaluates_the_test_folder(trained, splits, tmp_path, capsys):
+  import csv
+  from ldjax import predict
+  code, out, err, tmp, _ = trained
+  assert code == 0, err
+  summary = json.loads((tmp / "wd" / "summary.json").read_text())
+  code = predict.main(["--weights", str(tmp / "wd"), "--input", str(splits / "test"),
+                       "--output", str(tmp_path / "logits.npy"), "--evaluate", "--top-k", "3",
+                       "--no-progress"])
+  out, err = capsys.readouterr()
+  assert code == 0, err
+  # The same images, decoded by the same policy, as the run's test set: the same accuracy.
+  assert f"accuracy {summary['test_accuracy']:.2f}% (" in out
+  assert "confusion matrix" in out and "class_9" in out
+  assert "; 2 files that are no images ignored" in out   # notes.txt, .DS_Store
+  rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+  assert len(rows) == 40 and np.load(tmp_path / "logits.npy").shape == (40, 10)
+  assert set(rows[0]) == {"file", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3",
+                          "true_class", "correct"}
+  for row in rows:
+    assert row["true_class"] == row["file"].split("/")[0]
+    assert row["class_1"].startswith("class_")
+    probs = [float(row[f"prob_{i}"]) for i in (1, 2, 3)]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+    assert row["correct"] == str(int(row["class_1"] == row["true_class"]))
+  correct = sum(int(r["correct"]) for r in rows)
+  assert 100 * correct / 40 == pytest.approx(summary["test_accuracy"])
+
+
+def test_predict_bad_folder_input(trained, splits, tmp_path, capsys):
+  from ldjax import predict
+  code, out, err, tmp, _ = trained
+  weights = str(tmp / "wd")
+  truncated = copy_of(splits / "test", tmp_path, "t")
+  victim = sorted((truncated / "class_6").glob("*.jpg"))[0]
+  truncate_jpeg(victim)
+  cases = {f"--input image {victim} cannot be read": ["--input", str(truncated)],
+           "is not a class of the model": ["--input", str(splits), "--evaluate"]}
+  for message, extra in cases.items():
+    code = predict.main(["--weights", weights, "--output", str(tmp_path / "y.npy"),
+                         "--no-progress", *extra])
+    _, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "y.npy").exists() and not (tmp_path / "predictions.csv").exists()
