@@ -81,8 +81,11 @@ class EventFiles:
   def add(self, record: dict) -> None:
     if self.writer is None:
       from tensorboardX import SummaryWriter   # lazy: only runs with --tensorboard need it
+      # The file name has the second and the host; the suffix keeps a second writer of the
+      # same second (a resume) from replacing the first's file.
       self.writer = SummaryWriter(str(self.directory), purge_step=self.purge_step,
-                                  flush_secs=30)
+                                  flush_secs=30, filename_suffix=f".{os.getpid()}.{id(self)}"
+                                  f".{self.purge_step or 0}")
     step = int(record["epoch"])
     for tag, value in scalars(record).items():
       self.writer.add_scalar(tag, value, step)
