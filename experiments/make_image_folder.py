@@ -10,7 +10,8 @@
    so that the upright image is the original), PNG (L, RGB, RGBA, P, LA,
    16-bit grey), BMP, WebP, GIF; plus a few files that are no images.
 2. Measures the decode throughput of `ldjax.data.folder.load_folder` into a fresh
-   cache, on one core (taskset) and on all of them.
+   cache, on one core (taskset) and on all of them, for these small images and
+   for 600 photo-sized JPEGs (480x360).
 3. Runs `python -m ldjax.run --dataset folder:DIR --strategy sgd,drop ...`, then the
    same command again (it must start from the cache without decoding), then
    `python -m ldjax.predict --evaluate` on DIR/test.
@@ -129,10 +130,24 @@ DECODE = """
 import sys, time
 from ldjax.data import folder, image_cache
 t0 = time.perf_counter()
-got = folder.load_folder(sys.argv[1], folder.FolderOptions(image_size=(28, 28),
+side = int(sys.argv[3])
+got = folder.load_folder(sys.argv[1], folder.FolderOptions(image_size=(side, side),
                          cache_dir=sys.argv[2]), log=print)
-print(f"load_folder: {time.perf_counter() - t0:.2f} s including the header pass")
+print(f"load_folder: {time.perf_counter() - t0:.2f} s including the listing and header pass")
 """
+
+
+def make_photos(out: Path, source: Path, n: int = 600, seed: int = 1) -> None:
+  """`n` tinted 480x360 JPEGs (quality 90) in 10 class folders: photo-sized files."""
+  rng = np.random.default_rng(seed)
+  shutil.rmtree(out, ignore_errors=True)
+  x, y = idx.load_idx_split(str(source), "test")
+  for i in range(n):
+    a = np.asarray(PIL.Image.fromarray(x[i, ..., 0]).resize((480, 360),
+                                                             PIL.Image.Resampling.BICUBIC))
+    rgb = (a[..., None] * rng.uniform(0.6, 1.0, 3)).astype(np.uint8)
+    (out / CLASSES[y[i]]).mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(rgb).save(out / CLASSES[y[i]] / f"{i:04d}.jpg", quality=90)
 
 
 def main() -> None:
@@ -140,7 +155,7 @@ def main() -> None:
   p.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
   p.add_argument("--out", default="/tmp/ldjax_fm_folder")
   p.add_argument("--results", default=str(ROOT / "experiments" / "results" / "folder"))
-  p.add_argument("--epochs", default="3")
+  p.add_argument("--epochs", default="4")
   args = p.parse_args()
   results = Path(args.results)
   results.mkdir(parents=True, exist_ok=True)
@@ -162,17 +177,20 @@ def main() -> None:
   log(f"wrote {sum(counts.values())} images ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}"
       f") to {out / 'photos'} in {time.perf_counter() - t0:.1f} s")
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  log("\n## decode throughput (fresh cache each time, --image-size 28)")
-  for cpus in ("0", f"0-{os.cpu_count() - 1}"):
-    shutil.rmtree(str(cache) + "_bench", ignore_errors=True)
-    run(["taskset", "-c", cpus, sys.executable, "-c", DECODE, str(out / "photos"),
-         str(cache) + "_bench"], log, env)
+  make_photos(out / "large_jpegs", Path(args.source))
+  log("\n## decode throughput (a fresh cache each time): the 6,000 small images at 28x28, "
+      "then 600 480x360 JPEGs at 64x64; on 1 core, then on all")
+  for folder_name, side in (("photos", "28"), ("large_jpegs", "64")):
+    for cpus in ("0", f"0-{os.cpu_count() - 1}"):
+      shutil.rmtree(str(cache) + "_bench", ignore_errors=True)
+      run(["taskset", "-c", cpus, sys.executable, "-c", DECODE, str(out / folder_name),
+           str(cache) + "_bench", side], log, env)
   shutil.rmtree(str(cache) + "_bench", ignore_errors=True)
 
   train = [sys.executable, "-m", "ldjax.run", "--dataset", f"folder:{out / 'photos'}",
            "--strategy", "sgd,drop", "--model", "resnet18", "--width", "0.125",
-           "--image-size", "28", "--epochs", args.epochs, "--warmup", "1", "--lr", "0.01",
-           "--batch-size", "128", "--image-cache", str(cache), "--workdir", str(work),
+           "--image-size", "28", "--epochs", args.epochs, "--warmup", "1", "--lr", "0.03",
+           "--batch-size", "64", "--image-cache", str(cache), "--workdir", str(work),
            "--tensorboard", "--no-progress"]
   log("\n## train (first run: decodes)")
   run(train, log, env)

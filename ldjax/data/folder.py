@@ -279,6 +279,7 @@ def load_folder(directory: str | os.PathLike, options: FolderOptions = FolderOpt
   log = log or (lambda _: None)
   if options.channels not in (None, 1, 3):
     raise UsageError(f"--channels must be 1 or 3, got {options.channels!r}")
+  t0 = time.perf_counter()
   listing = scan(directory, options.test_fraction)
   root = listing.root
   paths = {s: [root / f for f in files] for s, files in listing.files.items()}
@@ -290,13 +291,12 @@ def load_folder(directory: str | os.PathLike, options: FolderOptions = FolderOpt
   name = image_cache.entry_name(root, settings, stats)
   counts = ", ".join(f"{len(f)} {s}" for s, f in listing.files.items())
   ignored = f"; {listing.ignored} other files ignored" if listing.ignored else ""
-  t0 = time.perf_counter()
   entry = image_cache.open_entry(cache, name) if cache.is_dir() else None
   if entry is not None:
     meta = entry.meta
     log(f"folder {root}: {len(listing.classes)} classes, {counts} images (test: "
-        f"{listing.test_from}){ignored}; decoded images read from the cache {entry.path} in "
-        f"{time.perf_counter() - t0:.2f} s" + _skipped_note(entry))
+        f"{listing.test_from}){ignored}; decoded images read from the cache {entry.path} "
+        f"(listing, checking and opening took {time.perf_counter() - t0:.2f} s)" + _skipped_note(entry))
   else:
     image_cache.check_writable(cache)
     entry = _decode(listing, paths, options, cache, name, progress, log, counts, ignored)
