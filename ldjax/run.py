@@ -361,9 +361,9 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
       shutil.rmtree(created, ignore_errors=True)
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:   # before training (e.g. while images decode): nothing kept
-    if created is not None and created.exists():
-      shutil.rmtree(created, ignore_errors=True)
+  except KeyboardInterrupt:   # e.g. while images decode, or a second Ctrl-C in training
+    if created is not None and created.is_dir() and not any(created.iterdir()):
+      created.rmdir()   # only an empty work directory this run made; a run's files stay
     print("\ninterrupted", file=sys.stderr)
     return 130
   except Interrupted:

@@ -349,7 +349,7 @@ def _decode(listing: Listing, paths: dict, options: FolderOptions, cache: Path, 
     if not fs:
       raise UsageError(f"after skipping bad images the {split} split of {listing.root} is "
                        "empty; fix or replace its images")
-  request = image_cache.Request(files, labels, size, channels, options.skip_bad_images)
+  request = image_cache.Request(files, labels, size, channels)
   log(f"folder {listing.root}: {len(listing.classes)} classes, {counts} images (test: "
       f"{listing.test_from}){ignored}; decoding them once to {size[0]}x{size[1]}x{channels} "
       f"({images.POLICY}) into {cache}")

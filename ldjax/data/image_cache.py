@@ -93,7 +93,6 @@ class Request:
   labels: dict[str, np.ndarray]
   size: tuple[int, int]     # (H, W)
   channels: int
-  skip_bad: bool
 
 
 @dataclasses.dataclass(frozen=True)
