@@ -80,7 +80,7 @@ def make_folder(out: Path, source: Path, seed: int = 0) -> dict:
       rows = np.flatnonzero(y == c)[:per_class]
       for i in rows:
         mode, suffix = FORMATS[int(rng.integers(len(FORMATS)))]
-        write_image(x[i, ..., 0], out / split / name / f"{split}{i:05d}{suffix}", mode, rng)
+        write_image(x[i].reshape(28, 28), out / split / name / f"{split}{i:05d}{suffix}", mode, rng)
         counts[suffix] = counts.get(suffix, 0) + 1
     (out / split / CLASSES[0] / "README.txt").write_text("not an image: ignored\n")
     (out / split / CLASSES[1] / "labels.csv").write_text("file,label\n")
@@ -143,7 +143,7 @@ def make_photos(out: Path, source: Path, n: int = 600, seed: int = 1) -> None:
   shutil.rmtree(out, ignore_errors=True)
   x, y = idx.load_idx_split(str(source), "test")
   for i in range(n):
-    a = np.asarray(PIL.Image.fromarray(x[i, ..., 0]).resize((480, 360),
+    a = np.asarray(PIL.Image.fromarray(x[i].reshape(28, 28)).resize((480, 360),
                                                              PIL.Image.Resampling.BICUBIC))
     rgb = (a[..., None] * rng.uniform(0.6, 1.0, 3)).astype(np.uint8)
     (out / CLASSES[y[i]]).mkdir(parents=True, exist_ok=True)
@@ -194,6 +194,13 @@ def main() -> None:
            "--tensorboard", "--no-progress"]
   log("\n## train (first run: decodes)")
   run(train, log, env)
+  (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+  x = np.load(entry / "x_train.npy", mmap_mode="r")
+  grid = np.concatenate([np.concatenate(list(x[r * 16:(r + 1) * 16]), 1) for r in range(4)], 0)
+  PIL.Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), 0).save(
+      results / "train_images.png")
+  log(f"the first 64 decoded training images (28x28x3, as the model sees them before "
+      f"normalization): {results / 'train_images.png'}")
   log("\n## the same command again (second run: reads the cache)")
   second, _ = run(train + ["--overwrite"], log, env)
   assert "decoded images read from the cache" in second and "decoding them" not in second
