@@ -58,8 +58,11 @@ def write_csv(path: str | os.PathLike, records: Sequence[dict]) -> None:
     writer.writerow({k: "" if v is None else v for k, v in row.items()})
   path = Path(path)
   tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(buf.getvalue())
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+  finally:   # a full disk: no half-written temporary file stays
+    tmp.unlink(missing_ok=True)
 
 
 def scalars(record: dict) -> dict[str, float]:
