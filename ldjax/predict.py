@@ -158,9 +158,10 @@ def decoded(files: list[Path], shape: tuple[int, int, int], progress: bool):
     for f in chunk:
       try:
         out.append(load_image(f, shape[:2], shape[2]))
-      except (BadImage, TooSmall) as e:
-        what = "is" if isinstance(e, TooSmall) else "cannot be read:"
-        raise UsageError(f"--input image {f} {what} {e}") from None
+      except TooSmall as e:   # "is WxH (W x H), too small for ..."
+        raise UsageError(f"--input image {f} {e}; give a larger image") from None
+      except BadImage as e:
+        raise UsageError(f"--input image {f} cannot be read: {e}") from None
     return np.stack(out)
   with image_cache.progress_bar(len(files), "predicting", progress) as bar, \
       contextlib.closing(image_cache.parallel(decode, files, bar)) as chunks:

@@ -525,7 +525,9 @@ def test_predict_bad_folder_input(trained, splits, tmp_path, capsys):
   victim = sorted((truncated / "class_6").glob("*.jpg"))[0]
   truncate_jpeg(victim)
   cases = {f"--input image {victim} cannot be read": ["--input", str(truncated)],
-           "is not a class of the model": ["--input", str(splits), "--evaluate"]}
+           "is not a class of the model": ["--input", str(splits), "--evaluate"],
+           "too small for 28x28 (H x W)": ["--input", str(tmp_path / "tiny.png")]}
+  PIL.Image.new("RGB", (13, 40)).save(tmp_path / "tiny.png")
   for message, extra in cases.items():
     code = predict.main(["--weights", weights, "--output", str(tmp_path / "y.npy"),
                          "--no-progress", *extra])
