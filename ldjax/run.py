@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ldjax import cli
 from ldjax.errors import DISK_FULL, CheckpointError, Interrupted, TrainingDiverged, UsageError
+from ldjax.data import folder as image_folder, image_cache
 from ldjax.jsonio import read_json
 from ldjax.models.zoo import MODEL_NAMES
 from ldjax.runs import cluster, compile_cache
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
          "initial weights and write a comparison table (default: sgd,drop)")
   a("--dataset", default=None,
     help="'embedded' (Fashion-MNIST subset shipped with ldjax), a TFDS name (mnist, "
-         "fashion_mnist, cifar10, imagenette/160px-v2), 'idx:DIR' or 'npz:FILE' (default: embedded)")
+         "fashion_mnist, cifar10, imagenette/160px-v2), 'idx:DIR', 'npz:FILE' or 'folder:DIR' "
+         "(your images, one subfolder per class: DIR/<class>/... or DIR/train/<class>/... "
+         "and DIR/test/<class>/...; see --image-size) (default: embedded)")
   a("--data-dir", default=None, help="TFDS data directory (default: TFDS's own)")
   a("--train-size", type=int, default=None, help="use a deterministic subset of N training images")
   a("--test-size", type=int, default=None, help="use a deterministic subset of N test images")
@@ -155,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
          "them if a path has commas) in order, --epochs epochs each, each chunk continuing the "
          "previous chunk's run in WORKDIR/chunk-K (its dropped stages stay dropped, their "
          "features of each new chunk computed once); each chunk is tested on its own test set")
+  # folder:DIR data (ldjax.data.folder) and the metrics files
+  a("--image-size", default=None, metavar="S|H,W",
+    help="folder: bring every image to H x W (S: S x S): scaled to cover it, aspect kept, "
+         "and centre-cropped, as torchvision's Resize + CenterCrop (predict does the same); "
+         "an image that would be enlarged more than 2x is refused (default: the training "
+         "images' median shorter side rounded to a multiple of 4, at most 224 and at most "
+         "twice the smallest side)")
+  a("--channels", type=int, default=None, choices=(1, 3),
+    help="folder: 1 (grey) or 3 (RGB) channels (default: 3 unless every image is grey)")
+  a("--test-fraction", type=float, default=None, metavar="F",
+    help="folder without test/ or val/: hold this fraction of each class out as the test "
+         f"set, a fixed choice by file name (default: {image_folder.DEFAULT_TEST_FRACTION})")
+  a("--skip-bad-images", action="store_true",
+    help="folder: leave out images that cannot be decoded or are too small, and count "
+         "them, instead of stopping with an error naming the first")
+  a("--image-cache", default=None, metavar="DIR",
+    help="folder: where the decoded images are kept as memory-mapped .npy files, decoded "
+         "again only when the folder's files or these settings change (default: "
+         f"${image_cache.ENV}, else ~/.cache/ldjax/images)")
+  a("--tensorboard", action="store_true",
+    help="also write TensorBoard event files into each run's directory (open them with "
+         "'tensorboard --logdir WORKDIR'); metrics.csv is always written")
   a("--workdir", default=None,
     help="directory for config.json, metrics.jsonl, summary.json (one sub-directory "
          "per strategy when several); default runs/<dataset>-<model>-<time>")
@@ -234,6 +259,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
   settings["test_every_epoch"] = args.test_every_epoch
   settings["keep_classifier"] = args.keep_classifier
   settings["adaptive_batch"] = args.adaptive_batch
+  folder = {"image_size": args.image_size and image_folder.parse_image_size(args.image_size),
+            "channels": args.channels, "test_fraction": args.test_fraction,
+            "image_cache": args.image_cache}
+  settings.update({k: v for k, v in folder.items() if v is not None})
+  settings["skip_bad_images"] = args.skip_bad_images
+  settings["tensorboard"] = args.tensorboard
   return TrainConfig(**settings)
 
 
@@ -266,7 +297,9 @@ def clear_run(path: Path) -> None:
   """Removes what a previous run wrote into `path` (for --overwrite)."""
   for child in (*STRATEGIES, "checkpoints", "features"):
     shutil.rmtree(path / child, ignore_errors=True)
-  for name in ("config.json", "metrics.jsonl", "summary.json", "comparison.json",
+  for events in path.glob("events.out.tfevents.*"):
+    events.unlink()
+  for name in ("config.json", "metrics.jsonl", "metrics.csv", "summary.json", "comparison.json",
                "comparison.md", "report.md", "report.json", "aapd.png", "scores.png",
                "accuracy_time.png", "params_macs.png"):
     (path / name).unlink(missing_ok=True)
@@ -330,7 +363,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
     cache = compile_cache.resolve(args.compilation_cache)
     # JAX's cache setting is process-wide: `using` puts it back as it was on return.
     with compile_cache.using(cache):
-      data, model = compare.prepare(cfg, strategies)
+      data, model = compare.prepare(cfg, strategies, progress=not args.no_progress, log=print)
       if args.overwrite and not args.resume and cluster.is_primary():
         clear_run(workdir)
       cluster.barrier("workdir cleared")
@@ -356,6 +389,11 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
       shutil.rmtree(created, ignore_errors=True)
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:   # e.g. while images decode, or a second Ctrl-C in training
+    if created is not None and created.is_dir() and not any(created.iterdir()):
+      created.rmdir()   # only an empty work directory this run made; a run's files stay
+    print("\ninterrupted", file=sys.stderr)
+    return 130
   except Interrupted:
     again = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
     if not args.workdir:

@@ -50,6 +50,12 @@ BAD = {
     "crop_views": (0, -1, 2.0, NAN, True, "2"),
     "budget": (*NON_FINITE, 0.0, 0, -1, 0.5, True, "4"),   # under one reference epoch too
 }
+# folder:DIR settings (ldjax.data.folder)
+FLAGS |= {"image_size": "--image-size", "channels": "--channels",
+          "test_fraction": "--test-fraction"}
+BAD |= {"image_size": ((0, 8), (8,), (8, 8, 3), (-1, 8), (8.0, 8), (True, 8), "28", 28),
+        "channels": (0, 2, 4, 3.0, True, "3"),
+        "test_fraction": (*NON_FINITE, 0, 0.0, 1, 1.0, -0.1, True)}
 CASES = [(field, value) for field, values in BAD.items() for value in values]
 
 

@@ -31,6 +31,8 @@ FLAGS = ["--strategy", "--dataset", "--data-dir", "--train-size", "--test-size",
          "--keep-classifier", "--continue-from", "--data-schedule", "--devices",
          "--coordinator", "--num-processes", "--process-id", "--data-shards",
          "--adaptive-batch", "--max-batch-size", "--adaptive-lr", "--drop-at"]
+FLAGS += ["--image-size", "--channels", "--test-fraction", "--skip-bad-images", "--image-cache",
+          "--tensorboard"]   # folder:DIR data and the metrics files
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:

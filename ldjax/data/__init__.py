@@ -1,5 +1,7 @@
-"""Datasets as in-memory uint8 arrays (`datasets`: embedded, tfds, idx:, npz:), the readers
-of IDX files (`idx`) and tfds array_record files (`tfds_source`), and batch order (`batching`).
+"""Datasets as uint8 arrays (`datasets`: embedded, tfds, idx:, npz:, folder:), the readers
+of IDX files (`idx`), tfds array_record files (`tfds_source`) and folders of images
+(`folder`, decoded by the policy of `images` into the memory-mapped cache of
+`image_cache`), per-channel statistics (`stats`), and batch order (`batching`).
 
 Imports nothing from the rest of ldjax but `ldjax.errors`.
 """

@@ -11,11 +11,14 @@
 * `"idx:DIR"`: MNIST-format IDX files (see `ldjax.idx`), e.g. Debian's
   `/usr/share/datasets/fashion-mnist`.
 * `"npz:FILE"`: a numpy `.npz` with x_train, y_train, x_test, y_test.
+* `"folder:DIR"`: your own images, one subfolder per class (`ldjax.data.folder`),
+  decoded once into a cache of memory-mapped `.npy` files.
 
-Every split is held fully in memory as uint8 [N, H, W, C] (C=1 for grey
-images) with int32 labels: the largest supported dataset, Imagenette at
-160x160, is about 0.7 GB that way, and it keeps the training loop a plain
-gather from host arrays. Pixels are only turned into floats on the
+Every split is uint8 [N, H, W, C] (C=1 for grey images) with int32 labels,
+held in memory, or for `folder:` memory-mapped (a `np.memmap` is a numpy
+array: the training loop gathers its batches from it, and only a subset
+(`--train-size`, `--test-size`) or a held-out validation split (`--val-size`)
+is copied into memory). Imagenette at 160x160 is about 0.7 GB in memory. Pixels are only turned into floats on the
 accelerator, by `normalize`, inside the jitted step.
 """
 
@@ -27,7 +30,9 @@ import zipfile
 import jax.numpy as jnp
 import numpy as np
 
+from ldjax.data import folder as image_folder
 from ldjax.data import idx
+from ldjax.data.stats import channel_stats
 from ldjax.errors import UsageError
 
 KNOWN_TFDS = ("mnist", "fashion_mnist", "cifar10", "imagenette/160px-v2")
@@ -45,8 +50,9 @@ _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 _ACCEPTED_SPECS = (
     "'embedded', a TFDS name (" + ", ".join(KNOWN_TFDS) + "), "
-    "'idx:DIR' (MNIST-format IDX files in DIR) or 'npz:FILE' (an .npz with "
-    "x_train, y_train, x_test, y_test)")
+    "'idx:DIR' (MNIST-format IDX files in DIR), 'npz:FILE' (an .npz with "
+    "x_train, y_train, x_test, y_test) or 'folder:DIR' (a folder of class subfolders of "
+    "images)")
 
 
 # eq=False: the generated __eq__/__hash__ would compare numpy arrays, which is
@@ -64,6 +70,8 @@ class Dataset:
     num_classes: number of classes (of the full dataset, not of a subset).
     mean: per-channel mean of x_train in [0, 1] pixel units.
     std: per-channel standard deviation of x_train in [0, 1] pixel units.
+    class_names: the classes' names by label (the sorted folder names of `folder:`
+      data), or None.
     train_start, train_total: with several processes each holds only its block
       of the training set (`keep_train_block`): x_train is examples
       [train_start, train_start + len(x_train)) of `train_total`; mean and std
@@ -82,6 +90,7 @@ class Dataset:
   y_val: np.ndarray | None = None
   train_start: int = 0
   train_total: int | None = None    # None: x_train is the whole training set
+  class_names: tuple[str, ...] | None = None   # of folder: data, label i is class_names[i]
 
   @property
   def num_train(self) -> int:
@@ -96,7 +105,9 @@ class Dataset:
 
 def load_dataset(spec: str, *, data_dir: str | None = None,
                  train_size: int | None = None,
-                 test_size: int | None = None) -> Dataset:
+                 test_size: int | None = None,
+                 folder: image_folder.FolderOptions | None = None,
+                 progress: bool = False, log=None) -> Dataset:
   """Loads a dataset by spec (see the module docstring for the forms).
 
   Args:
@@ -106,6 +117,10 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
     train_size: if set, keep a deterministic subset of this many training
       examples (see `subset`); mean/std are computed on that subset.
     test_size: likewise for the test split.
+    folder: the settings of a "folder:DIR" spec (image size, channels, test
+      fraction, bad images, cache directory); defaults if None.
+    progress, log: a progress bar while a folder is decoded, and a function
+      that prints what was found (e.g. `print`); silent by default.
 
   Returns:
     A `Dataset`.
@@ -143,6 +158,9 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
   elif spec.startswith("npz:") and spec[4:]:
     arrays = _read_npz(os.path.expanduser(spec[4:]))
     num_classes = None
+  elif spec.startswith("folder:") and spec[7:]:
+    return _load_folder(spec, folder or image_folder.FolderOptions(), train_size, test_size,
+                        progress, log)
   else:
     raise UsageError(f"unknown dataset {spec!r}; use {_ACCEPTED_SPECS}")
 
@@ -156,6 +174,18 @@ def load_dataset(spec: str, *, data_dir: str | None = None,
   mean, std = channel_stats(x_train)
   return Dataset(name=spec, x_train=x_train, y_train=y_train, x_test=x_test,
                  y_test=y_test, num_classes=num_classes, mean=mean, std=std)
+
+
+def _load_folder(spec: str, options, train_size, test_size, progress, log) -> Dataset:
+  """A folder: dataset, its splits memory-mapped; mean and std from the cache unless
+  a training subset is taken."""
+  got = image_folder.load_folder(spec[7:], options, progress=progress, log=log)
+  x_train, y_train = subset(got.x["train"], got.y["train"], train_size, what="train_size")
+  x_test, y_test = subset(got.x["test"], got.y["test"], test_size, what="test_size")
+  mean, std = (got.mean, got.std) if train_size is None else channel_stats(x_train)
+  return Dataset(name=spec, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                 num_classes=len(got.classes), mean=mean, std=std, x_val=got.x.get("val"),
+                 y_val=got.y.get("val"), class_names=got.classes)
 
 
 VAL_SEED = 1   # the held-out images do not depend on --seed: every seed validates on the same
@@ -247,35 +277,6 @@ def normalize(x, mean, std):
   """
   x = jnp.asarray(x).astype(jnp.float32) / 255.0
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
-def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...],
-                                          tuple[float, ...]]:
-  """Per-channel mean and std of uint8 images [N, H, W, C], in [0, 1] units.
-
-  Sums of pixels and of squared pixels are accumulated exactly in int64 over
-  chunks of ~4M values, so a 60000x160x160x3 array is never converted to
-  float as a whole. A channel with zero spread (e.g. a constant synthetic
-  image) gets std 1.0 so that `normalize` stays finite.
-  """
-  channels = x.shape[-1]
-  flat = x.reshape(-1, channels)
-  if not len(flat):
-    raise UsageError("cannot compute mean/std of an empty training split")
-  total = np.zeros(channels, np.int64)
-  total_sq = np.zeros(channels, np.int64)
-  step = max(1, (1 << 22) // channels)
-  for start in range(0, len(flat), step):
-    chunk = flat[start:start + step]
-    total += chunk.sum(axis=0, dtype=np.int64)
-    wide = chunk.astype(np.uint16)  # 255**2 = 65025 fits in uint16.
-    total_sq += (wide * wide).sum(axis=0, dtype=np.int64)
-  count = len(flat)
-  mean = total / count / 255.0
-  var = np.maximum(total_sq / count / 255.0**2 - mean**2, 0.0)
-  std = np.sqrt(var)
-  std = np.where(std > 0, std, 1.0)
-  return (tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:

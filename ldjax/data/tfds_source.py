@@ -13,9 +13,9 @@ is only imported when a TFDS dataset is actually requested.
 import os
 
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 
+from ldjax.data.images import resize_center_crop   # the policy predict and folder: share
 from ldjax.errors import UsageError
 
 
@@ -137,23 +137,3 @@ def _get_many(source, keys):
     return source.__getitems__(keys)
   except TypeError:
     return [source[k] for k in keys]
-
-
-def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Resizes [H, W, C] uint8 so min(H, W) == size, center-crops size x size.
-
-  Imagenette "160px" images already have their shorter side at 160, so for
-  them this is only the crop of the longer side to its central 160 pixels;
-  other sizes are resized with PIL's antialiased bilinear filter first.
-  """
-  h, w = image.shape[:2]
-  if min(h, w) != size:
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    pil = PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1
-                              else image)
-    resized = np.asarray(pil.resize((new_w, new_h), PIL.Image.BILINEAR))
-    image = resized.reshape(new_h, new_w, image.shape[-1])
-    h, w = new_h, new_w
-  top, left = (h - size) // 2, (w - size) // 2
-  return image[top:top + size, left:left + size]

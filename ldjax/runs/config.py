@@ -14,6 +14,7 @@ import numbers
 from ldjax.data import augment
 from ldjax.data.batching import check_batch_split
 from ldjax.data.datasets import check_val_size
+from ldjax.data.folder import FolderOptions
 from ldjax.errors import UsageError
 from ldjax.strategy import Strategy
 
@@ -65,6 +66,19 @@ class TrainConfig:
   max_batch_size: int | None = None  # its cap; None: 8 x batch_size
   adaptive_lr: str = "linear"       # the lr rule of a grown batch: linear | sqrt
   drop_at: str | None = None         # "E:CUT,...": forced decisions (ldjax.train.decisions)
+  # folder:DIR data (ldjax.data.folder); None: the folder's defaults
+  image_size: tuple[int, int] | None = None   # (H, W) the images are brought to
+  channels: int | None = None                 # 1 or 3
+  test_fraction: float | None = None          # of each class, for a folder without test/
+  skip_bad_images: bool = False               # leave unreadable or too small images out
+  image_cache: str | None = None              # where decoded images are cached
+  tensorboard: bool = False                   # TensorBoard event files besides metrics.jsonl
+
+  def folder_options(self) -> FolderOptions:
+    """The settings of a folder: dataset."""
+    return FolderOptions(image_size=None if self.image_size is None else tuple(self.image_size),
+                         channels=self.channels, test_fraction=self.test_fraction,
+                         skip_bad_images=self.skip_bad_images, cache_dir=self.image_cache)
 
   @property
   def drop_schedule(self) -> dict[int, int] | None:
@@ -168,6 +182,26 @@ class TrainConfig:
     if self.test_size is not None:
       _check_int(self.test_size, "--test-size", "an integer > 0 (or unset for all)",
                  lambda v: v > 0)
+    self._validate_folder()
+
+  def _validate_folder(self) -> None:
+    """--image-size, --channels, --test-fraction, --skip-bad-images, --image-cache."""
+    if self.channels is not None:
+      _check_int(self.channels, "--channels", "1 or 3", lambda v: v in (1, 3))
+    if self.test_fraction is not None:
+      _check_float(self.test_fraction, "--test-fraction", "a number in (0, 1)",
+                   lambda v: 0 < v < 1)
+    if self.image_size is not None:
+      size = self.image_size
+      if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+          isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise UsageError(f"--image-size must be two integers > 0 (H, W), got {size!r}")
+    given = [flag for flag, v in (("--image-size", self.image_size), ("--channels", self.channels),
+                                  ("--test-fraction", self.test_fraction),
+                                  ("--skip-bad-images", self.skip_bad_images or None),
+                                  ("--image-cache", self.image_cache)) if v is not None]
+    if given and not str(self.dataset).startswith("folder:"):
+      raise UsageError(f"{given[0]} applies to --dataset folder:DIR only")
 
   def _validate_recipe(self) -> None:
     """The optimizer, schedule and loss settings (`ldjax.train.optim`)."""

@@ -1,4 +1,5 @@
-"""The work directory of a run: config.json, metrics.jsonl, summary.json.
+"""The work directory of a run: config.json, metrics.jsonl (and metrics.csv, TensorBoard
+event files: `ldjax.runs.metric_files`), summary.json.
 
 Following big_vision: the configuration (with the git revision) is written
 first, one JSON line per epoch is appended as it ends, and the summary is
@@ -18,6 +19,7 @@ from pathlib import Path
 from ldjax.errors import UsageError
 from ldjax.runs import cluster
 from ldjax.jsonio import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ldjax.runs.metric_files import EventFiles, write_csv
 
 
 def git_revision() -> str | None:
@@ -61,10 +63,13 @@ class RunDir:
   (`writes`, `ldjax.runs.cluster`); the others' writes do nothing.
   """
 
-  def __init__(self, path: str | os.PathLike, writes: bool | None = None):
+  def __init__(self, path: str | os.PathLike, writes: bool | None = None,
+               tensorboard: bool = False):
     self.path = ensure_writable(path)
     self.metrics_path = self.path / "metrics.jsonl"
+    self.csv_path = self.path / "metrics.csv"
     self.writes = cluster.is_primary() if writes is None else writes
+    self.events = EventFiles(self.path) if tensorboard else None
 
   @_if_writer
   def write_config(self, config, **extra) -> None:
@@ -74,20 +79,29 @@ class RunDir:
   @_if_writer
   def start_metrics(self) -> None:
     self.metrics_path.write_text("")
+    self.csv_path.unlink(missing_ok=True)
 
   @_if_writer
   def append_metrics(self, record: dict) -> None:
     append_jsonl(self.metrics_path, record)
+    write_csv(self.csv_path, self.read_metrics())
+    if self.events is not None:
+      self.events.add(record)
 
   @_if_writer
   def truncate_metrics(self, epochs: int) -> None:
     """Keeps the lines of epochs 1..`epochs` (a resumed run rewrites the rest)."""
     records = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
     write_jsonl_atomic(self.metrics_path, [r for r in records if _epoch_of(r) <= epochs])
+    write_csv(self.csv_path, self.read_metrics())
+    if self.events is not None:
+      self.events.purge_from(epochs + 1)
 
   @_if_writer
   def write_summary(self, summary: dict) -> None:
     write_json_atomic(self.path / "summary.json", summary)
+    if self.events is not None:
+      self.events.close()
 
   def read_metrics(self) -> list[dict]:
     return read_jsonl(self.metrics_path)

@@ -34,13 +34,19 @@ from ldjax.train.fit import fit
 from ldjax.weights import init_from
 
 
-def prepare(cfg: TrainConfig, strategies: Sequence[str]) -> tuple[Dataset, StagedModel]:
+def prepare(cfg: TrainConfig, strategies: Sequence[str], *, progress: bool = False,
+            log=None) -> tuple[Dataset, StagedModel]:
   """Loads the data and builds the model; raises UsageError before anything is written.
+  `progress`, `log`: a bar while a folder's images decode, and a printer of what it holds.
 
   With several processes each keeps only its blocks of the training set
   (`ldjax.data.batching.Blocks`), after the validation split is held out."""
+  cfg.validate()   # before a folder's images are decoded
   data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_size=cfg.train_size,
-                      test_size=cfg.test_size)
+                      test_size=cfg.test_size, folder=cfg.folder_options(), progress=progress,
+                      log=log)
+  if data.x_val is not None and cfg.val_size:
+    raise UsageError(f"{data.name} has a validation split (val/); drop --val-size")
   cfg.validate(len(data.x_train), data.image_shape)
   cfg.validate_strategies(strategies)
   if jax.process_count() > 1:
@@ -96,7 +102,8 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
         f"{warm_cache(model, data, cfg, variables):.1f} s (outside every strategy's T)")
   summaries = {}
   for strategy in strategies:
-    run_dir = RunDir(workdir / strategy if len(strategies) > 1 else workdir)
+    run_dir = RunDir(workdir / strategy if len(strategies) > 1 else workdir,
+                     tensorboard=cfg.tensorboard)
     if resume and (run_dir.path / "summary.json").exists():
       summaries[strategy] = read_json(run_dir.path / "summary.json")
       log(f"{strategy}: already complete")
@@ -106,7 +113,8 @@ def run_strategies(cfg: TrainConfig, strategies: Sequence[str], workdir: str | P
                            model_name=model.name, stage_names=list(model.stage_names),
                            num_train=data.num_train, num_test=len(data.x_test),
                            image_shape=list(data.image_shape), num_classes=data.num_classes,
-                           input_mean=list(data.mean), input_std=list(data.std))
+                           input_mean=list(data.mean), input_std=list(data.std),
+                           class_names=data.class_names and list(data.class_names))
     start = starts[strategy]
     summary = fit(model, data, cfg, strategy, variables=start.variables, run_dir=run_dir,
                   progress=progress, resume=resume, should_stop=should_stop, drop=start.drop,

@@ -20,6 +20,7 @@ import jax
 
 from ldjax.data.batching import shard_count
 from ldjax.data.datasets import Dataset, hold_out
+from ldjax.data.images import POLICY as RESIZE_POLICY
 from ldjax.errors import UsageError
 from ldjax.jsonio import write_json_atomic
 from ldjax.models import costs
@@ -237,7 +238,8 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
     save_run_weights(run_dir.path, trainer.model, trainer.variables, {
         "width": trainer.cfg.width, "batch_norm": trainer.cfg.batch_norm,
         "image_shape": list(data.image_shape), "input_mean": list(data.mean),
-        "input_std": list(data.std), "dataset": data.name, "strategy": trainer.strategy.value})
+        "input_std": list(data.std), "dataset": data.name, "strategy": trainer.strategy.value,
+        "class_names": data.class_names and list(data.class_names), "resize": RESIZE_POLICY})
     run_dir.write_summary(summary)
   if run_dir is not None:
     cluster.barrier("run written")   # the next chunk of a data schedule reads it
