@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -106,6 +107,12 @@ def main() -> int:
   p.add_argument("--finetune-budgets", default="3 6")
   p.add_argument("--rule", default="paper", help="--decision-rule of freeze and drop")
   p.add_argument("--max-priority", type=int, default=2)
+  p.add_argument("--only", default=None, metavar="REGEX",
+                 help="run only the jobs whose work directory (under OUT) matches, in this "
+                      "order of patterns: a comma list of regexes")
+  p.add_argument("--cost-table", default=None, metavar="FILE",
+                 help="a cost table every run shares (e.g. measured once with --cost-table "
+                      "measure); its runs go to OUT/measured/")
   args = p.parse_args()
   out = Path(args.out)
   (out / "finetune").mkdir(parents=True, exist_ok=True)
@@ -126,6 +133,13 @@ def main() -> int:
                      [float(b) for b in args.budgets.split()],
                      [float(b) for b in args.finetune_budgets.split()], args.rule),
                 key=lambda j: j[0])
+  if args.cost_table:   # the same runs, charged by the given table, kept apart
+    todo = [(pr, [*argv, "--cost-table", args.cost_table],
+             out / "measured" / workdir.relative_to(out)) for pr, argv, workdir in todo]
+  if args.only:
+    patterns = [re.compile(x) for x in args.only.split(",")]
+    todo = [j for pat in patterns for j in todo
+            if pat.search(str(j[2].relative_to(out)))]
   for priority, argv, workdir in todo:
     if priority <= args.max_priority:
       run(argv, workdir, log)

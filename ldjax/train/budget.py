@@ -215,41 +215,64 @@ class Budget:
 
 
 def measure(trainer, repeats: int = 5) -> CostTable:
-  """The "measure" table of a `Trainer`'s model: seconds per example of each program.
+  """The "measure" table of a `Trainer`'s model: seconds per example of each program,
+  with the host work that feeds it.
 
   Compiles the whole model's step, Freeze's step at each cut (0, c), Drop's head
-  step at each cut (c, c) and the extraction of stages [0, c) from the stored
-  views, runs each once to warm up, then `repeats` rounds that time one call of
-  every program in turn (interleaved, so a slow moment of the machine touches them
-  all alike), and keeps each program's median. The inputs are zeros of the right
-  shapes: a step's time does not depend on its values. Nothing of the trainer's
-  state changes (its variables are copied before the steps donate them).
+  step at each cut (c, c) and the extraction of stages [0, c), runs each once to
+  warm up, then `repeats` rounds that time one call of every program in turn
+  (interleaved, so a slow moment of the machine touches them all alike), and keeps
+  each program's median. What is timed is what a run does per batch:
+  - a step on images: the batch's augmented images made on the host, put on the
+    devices, the step;
+  - a head step: its rows gathered from a store-sized array of features (random
+    rows, as an epoch reads them), put, the step;
+  - an extraction: the stored views made from the images (`view_source`), put, the
+    stages, the output brought back to the host and written into a store array.
+  The values are zeros: a step's time does not depend on them. Nothing of the
+  trainer's state changes (its variables are copied before the steps donate them).
+  Compile times are not in the table (they depend on the machine and its cache; a
+  run reports them beside the budget).
   """
   n = trainer.model.num_conv
   batch = trainer.local_batch
   put = trainer.placement.put_local
+  rng = np.random.default_rng(0)
+  idx = rng.choice(len(trainer.x_train), batch, replace=False)
+  draws = trainer.augment.draws(trainer.cfg.seed, 0, len(trainer.x_train))
   programs = {}
   for key in [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]:
     store_cut, cut = key
     step = trainer.compile_step(store_cut, cut).fn
-    shape = trainer.net.input_struct(store_cut, trainer.cfg.batch_size, trainer.feature_dtype)
-    x = put(np.zeros((batch, *shape.shape[1:]), shape.dtype))
+    if store_cut == 0:
+      read = lambda: draws.images(trainer.x_train, idx)   # noqa: E731
+    else:   # a store of up to 64 MB: its rows read at random
+      shape = trainer.shapes[store_cut - 1]
+      row_bytes = int(np.prod(shape)) * trainer.feature_dtype.itemsize
+      rows = max(batch, min(trainer.augment.views * len(trainer.x_train), (64 << 20) // row_bytes))
+      feats = np.zeros((rows, *shape), trainer.feature_dtype)
+      read = lambda f=feats: f[np.sort(rng.choice(len(f), batch, replace=False))]  # noqa: E731
     y = put(np.zeros(batch, np.int32))
     state = jax.tree.map(jnp.copy, trainer.head_state(cut))
     carry = [state, trainer.placement.replicate(scoring.init(state.params))]
     frozen = trainer.variables[store_cut:cut]
 
-    def call(step=step, carry=carry, frozen=frozen, x=x, y=y):
-      state, scores, m = step(*carry, frozen, x, y, trainer.key, np.int32(0), np.float32(0))
+    def call(step=step, carry=carry, frozen=frozen, read=read, y=y):
+      state, scores, m = step(*carry, frozen, put(read()), y, trainer.key, np.int32(0),
+                              np.float32(0))
       carry[:] = [state, scores]
       jax.block_until_ready(m)
     programs["train", key] = call
   view = trainer.augment.view_shape(trainer.data.image_shape)
+  source = trainer.view_source
+  view_rows = np.arange(batch) % len(source)
   for c in range(1, n):
-    extract = trainer.compile_extract(0, c).fn
-    x = put(np.zeros((batch, *view), np.uint8))
-    tail = trainer.variables[:c]
-    programs["extract", (0, c)] = lambda f=extract, t=tail, x=x: jax.block_until_ready(f(t, x))
+    extract = trainer._on_devices(trainer.compile_extract(0, c), trainer.variables[:c])
+    dest = np.empty((batch, *trainer.view_net.shapes[c - 1]), trainer.feature_dtype)
+
+    def call(f=extract, dest=dest):
+      dest[...] = np.asarray(f(source[view_rows]))
+    programs["extract", (0, c)] = call
   times = {k: [] for k in programs}
   for call in programs.values():
     call()   # warm-up
