@@ -240,13 +240,14 @@ def _noisy(jax, variables, seed: int):
   return out
 
 
-def record(configs) -> None:
+def record(configs, noise_configs: int | None = None) -> None:
   path = OUT / "streams.json"
   done = _load(path)
+  noisy = {c["name"] for c in configs[:noise_configs]}
   for c in configs:
     for variant in ("base", "dev4", "noise"):
       k = f"{c['name']}/{variant}"
-      if k in done:
+      if k in done or (variant == "noise" and c["name"] not in noisy):
         continue
       ldjax, jax, data, cfg, model, variables = _setup(
           c, devices=4 if variant == "dev4" else 1)
@@ -262,24 +263,36 @@ def record(configs) -> None:
       print(f"record {k}: {time.time() - t0:.1f} s", flush=True)
 
 
-def validate(configs, rules=("paper", "stable"), bf16_configs: int | None = None) -> None:
+def _validated() -> dict:
+  """Every validation run so far, from all the validate_*.json files."""
+  out = {}
+  for f in sorted(OUT.glob("validate_*.json")):
+    out |= _load(f)
+  return out
+
+
+def validate(configs, rules=("paper", "stable"), bf16_configs: int | None = None,
+             part: str = "", reverse: bool = False) -> None:
+  """Drop runs; `part` names this process's file (validate_RULE{part}.json), so that
+  two processes (one of them `reverse`, from the last configuration) may share the work."""
   variants = {"base": dict(devices=1), "dev4": dict(devices=4),
               "bf16": dict(devices=1, feature_dtype="bfloat16")}
   bf16 = {c["name"] for c in configs[:bf16_configs]}
-  for rule, c, (variant, over) in itertools.product(rules, configs, variants.items()):
+  order = configs[::-1] if reverse else configs
+  for rule, c, (variant, over) in itertools.product(rules, order, variants.items()):
     if variant == "bf16" and c["name"] not in bf16:
       continue
-    path = OUT / f"validate_{rule}.json"   # one file per rule: two processes may run
-    done = _load(path)
     k = f"{c['name']}/{rule}/{variant}"
-    if k in done:
+    if k in _validated():
       continue
+    path = OUT / f"validate_{rule}{part}.json"
     ldjax, jax, data, cfg, model, variables = _setup(c, decision_rule=rule, **over)
     recs, t0, cpu0 = [], time.time(), time.process_time()
     summ = ldjax.fit(model, data, cfg, "drop", variables=variables, progress=False,
                      on_epoch=recs.append)
     decisions = [None if r["decision"] is None else
                  {k2: v for k2, v in r["decision"].items() if k2 != "P_used"} for r in recs]
+    done = _load(path)
     done[k] = dict(events=summ["drop_events"], decisions=decisions,
                    P=[r["scores"]["P"] for r in recs], test_accuracy=summ.get("test_accuracy"),
                    wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0)
@@ -351,26 +364,29 @@ def _events_key(events):
 
 
 def validate_summary(configs) -> dict:
-  v = _load(OUT / "validate_paper.json") | _load(OUT / "validate_stable.json")
+  v = _validated()
   out = {}
   for rule in ("paper", "stable"):
     row = {}
     for pert in ("dev4", "bf16"):
-      pairs = flips = 0
+      pairs = flips = first_flips = 0
       for c in configs:
         a, b = v.get(f"{c['name']}/{rule}/base"), v.get(f"{c['name']}/{rule}/{pert}")
         if a is None or b is None:
           continue
         pairs += 1
-        flips += _events_key(a["events"]) != _events_key(b["events"])
-      row[pert] = dict(pairs=pairs, flips=flips)
+        ea, eb = _events_key(a["events"]), _events_key(b["events"])
+        flips += ea != eb
+        first_flips += ea[:1] != eb[:1]
+      row[pert] = dict(pairs=pairs, flips=flips, first_flips=first_flips)
     base = [v[f"{c['name']}/{rule}/base"] for c in configs if f"{c['name']}/{rule}/base" in v]
     row["runs"] = len(base)
     row["dropped"] = sum(bool(r["events"]) for r in base)
     row["events"] = sum(len(r["events"]) for r in base)
     row["final_cut"] = [r["events"][-1]["cut"] if r["events"] else 0 for r in base]
-    row["not_paying"] = sum(any(d and d.get("not_paying") for d in r["decisions"])
-                            for r in base)
+    runs = [r for k, r in v.items() if k.split("/")[1] == rule]
+    row["not_paying"] = [sum(any(d and d.get("not_paying") for d in r["decisions"])
+                             for r in runs), len(runs)]
     out[rule] = row
   return out
 
@@ -415,12 +431,31 @@ def report(configs) -> None:
       lines.append(f"- {p}: " + ", ".join(f"epoch {i + 1}: {v:.2e}"
                                            for i, v in enumerate(np.median(d, axis=0))))
   lines += ["", "## Online: real Drop runs, the whole sequence of drop events", "",
-            "| rule | 1 vs 4 devices: flips | float32 vs bfloat16 store: flips | runs that drop "
-            "| drop events | final cuts | runs with a not_paying refusal |", "|---|---|---|---|---|---|---|"]
+            "Flips: the (epoch, cut) sequences of drop events differ (first: the first "
+            "event differs). Runs that drop, events and final cuts: the base runs (1 "
+            "device, float32). not_paying: runs (all variants) in which the stable rule's "
+            "cost check refused a drop the rule proposed.", "",
+            "| rule | 1 vs 4 devices: flips (first) | float32 vs bfloat16 store: flips (first) "
+            "| runs that drop | drop events | final cuts | runs with a not_paying refusal |",
+            "|---|---|---|---|---|---|---|"]
   for rule, r in vs.items():
-    lines.append(f"| {rule} | {r['dev4']['flips']}/{r['dev4']['pairs']} | "
-                 f"{r['bf16']['flips']}/{r['bf16']['pairs']} | {r['dropped']}/{r['runs']} | "
-                 f"{r['events']} | {' '.join(map(str, r['final_cut']))} | {r['not_paying']} |")
+    d4, bf = r["dev4"], r["bf16"]
+    lines.append(f"| {rule} | {d4['flips']}/{d4['pairs']} ({d4['first_flips']}) | "
+                 f"{bf['flips']}/{bf['pairs']} ({bf['first_flips']}) | {r['dropped']}/{r['runs']} | "
+                 f"{r['events']} | {' '.join(map(str, r['final_cut']))} | "
+                 f"{r['not_paying'][0]}/{r['not_paying'][1]} |")
+  eps = ["", "## Offline: rounding-size noise on P", "",
+         f"eps * N(0,1) added to P of this and last epoch, {EPS_DRAWS} draws per decision "
+         "epoch of every recorded run; decisions changed out of decisions taken.", "",
+         "| rule | " + " | ".join(f"eps = {e:g}" for e in EPS) + " |",
+         "|---|" + "---|" * len(EPS)]
+  for name, r in an.items():
+    eps.append(f"| {name} | " + " | ".join(f"{r['eps'][f'{e:g}']['flips']}/"
+                                          f"{r['eps'][f'{e:g}']['decisions']}" for e in EPS) + " |")
+  lines += eps
+  findings = OUT / "findings.md"   # written by hand after reading the tables
+  if findings.exists():
+    lines += ["", findings.read_text().rstrip()]
   _save(OUT / "summary.json", dict(offline=an, online=vs, commit=commit,
                                    configs=configs, noise=NOISE))
   (OUT / "README.md").write_text("\n".join(lines) + "\n")
@@ -432,6 +467,10 @@ def main() -> None:
   ap.add_argument("phase", choices=("record", "analyze", "validate", "report", "all"))
   ap.add_argument("--configs", type=int, default=len(CONFIGS), help="the first N only")
   ap.add_argument("--rules", default="paper,stable", help="validate: these rules")
+  ap.add_argument("--noise-configs", type=int, default=None,
+                  help="record: noise on the initial weights on the first N configurations only")
+  ap.add_argument("--part", default="", help="validate: a suffix of this process's file")
+  ap.add_argument("--reverse", action="store_true", help="validate: from the last configuration")
   ap.add_argument("--bf16-configs", type=int, default=None,
                   help="validate: bfloat16 stores on the first N configurations only")
   args = ap.parse_args()
@@ -440,9 +479,9 @@ def main() -> None:
   import ldjax
   ldjax.compile_cache.enable("/tmp/ldjax_stability_cache")
   if args.phase in ("record", "all"):
-    record(configs)
+    record(configs, args.noise_configs)
   if args.phase in ("validate", "all"):
-    validate(configs, tuple(args.rules.split(",")), args.bf16_configs)
+    validate(configs, tuple(args.rules.split(",")), args.bf16_configs, args.part, args.reverse)
   if args.phase in ("analyze", "report", "all"):
     report(configs)
 
