@@ -2,11 +2,16 @@
 
   python -m ldjax.summary resnet18 --input-shape 224,224,3 --num-classes 1000
   python -m ldjax.summary vgg16 --input-shape 32,32,3 --num-classes 10 --json
+  python -m ldjax.summary resnet18 --input-shape 32,32,3 --num-classes 10 --device h100
 
 The stages listed are exactly the units Learn & Drop can drop, so this is the
 place to see what dropping the first n stages would save. Everything is
 computed by abstract evaluation, so no weights are allocated. MACs are
 forward conv + dense multiply-accumulates per example (see `ldjax.costs`).
+
+With `--device`, it also prints the input-bandwidth model of the head's step
+at each cut (`ldjax.models.bandwidth`): bytes read and FLOPs per step, their
+ratio, and whether the device waits for a store on the host or on the device.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from ldjax import cli
+from ldjax.models import bandwidth
 from ldjax.models.costs import StageCost, stage_costs
 from ldjax.errors import UsageError
 from ldjax.models.zoo import MODEL_NAMES, build_model
@@ -84,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="channel width multiplier (> 0; default 1.0)")
   parser.add_argument("--no-batch-norm", action="store_true",
                       help="VGG only: build the model without BatchNorm")
+  parser.add_argument("--device", choices=sorted(bandwidth.DEVICES),
+                      help="also print the input-bandwidth model of the head's step at each "
+                           "cut on this device (its assumed peaks are printed with it)")
+  parser.add_argument("--batch-size", type=int, default=256,
+                      help="with --device: the step's batch (default 256)")
+  parser.add_argument("--feature-dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="with --device: the store's dtype (default float32)")
+  parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                      help="with --device: the step's compute precision (default float32)")
+  parser.add_argument("--num-train", type=int, metavar="N",
+                      help="with --device: training examples, to size the stores")
   parser.add_argument("--json", action="store_true",
                       help="print exactly one JSON object instead of the table")
   return parser
@@ -100,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args.model, input_shape, args.num_classes, width=args.width,
                         batch_norm=not args.no_batch_norm)
     costs = stage_costs(model, input_shape)
+    if args.batch_size < 1 or (args.num_train is not None and args.num_train < 1):
+      raise UsageError("--batch-size and --num-train must be integers > 0")
+    feeds = None if args.device is None else bandwidth.feeds(
+        costs, input_shape, bandwidth.DEVICES[args.device], batch_size=args.batch_size,
+        itemsize=2 if args.feature_dtype == "bfloat16" else 4, precision=args.precision,
+        cuts=range(model.num_conv))
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -113,9 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_macs": sum(c.macs for c in costs),
         "stages": [{"index": c.index, "name": c.name, "output_shape": list(c.output_shape),
                     "params": c.params, "macs": c.macs} for c in costs],
-    }))
+    } | ({} if feeds is None else {"bandwidth": {
+        "device": args.device, "batch_size": args.batch_size,
+        "feature_dtype": args.feature_dtype, "precision": args.precision,
+        "cuts": [f.to_json() for f in feeds]}})))
   else:
     print(format_table(model.name, input_shape, costs))
+    if feeds is not None:
+      print()
+      print(bandwidth.format_feeds(model.name, costs, feeds, bandwidth.DEVICES[args.device],
+                                   args.precision, args.num_train))
   return 0
 
 

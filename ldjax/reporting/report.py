@@ -1,7 +1,8 @@
 """The report of a set of runs: report.md, report.json and the paper's figures.
 
 `write_report(runs, out_dir)` writes report.md (the runs, Tables 1/2 and 3,
-the figures, each group's comparison table), report.json (the tables) and
+the figures, each group's comparison table, what each step read and how long
+the loop waited for it: `ldjax.reporting.feeding`), report.json (the tables) and
 the figures of `ldjax.reporting.plots`. Runs are grouped by (network,
 dataset, width, seed); over seeds of the same (network, dataset, width) the
 tables give mean and standard deviation. `report_comparison` also (re)writes a
@@ -18,7 +19,7 @@ from pathlib import Path
 from ldjax.strategy import display_name
 from ldjax.errors import UsageError
 from ldjax.jsonio import write_json_atomic
-from ldjax.reporting import plots
+from ldjax.reporting import feeding, plots
 from ldjax.reporting.comparison import comparison, comparison_markdown
 from ldjax.reporting.runs import Run, load_runs
 from ldjax.reporting.tables import md_row, tables, tables_markdown
@@ -46,6 +47,9 @@ def report_markdown(runs: Sequence[Run], t: dict, figures: Sequence[tuple[Path, 
     lines += ["## Figures", ""]
     for path, caption in figures:
       lines += [f"![{path.stem}]({_rel(path, out_dir)})", "", caption, ""]
+  if t.get("input"):
+    lines += ["## Input per step (what the loop read, and waited for)", "",
+              feeding.input_markdown(t["input"]), ""]
   lines += ["## Per group (the comparison table)", ""]
   for table in t["comparisons"]:
     lines += [f"#### {table['network']} on {table['dataset']}, width {table['width']}, "
@@ -61,7 +65,7 @@ def write_report(runs: Sequence[Run], out_dir: str | Path) -> list[Path]:
   except OSError as e:
     raise UsageError(f"cannot write the report to {str(out_dir)!r} ({e.strerror or e}); "
                      "choose another with --out") from None
-  t = tables(runs)
+  t = tables(runs) | {"input": feeding.input_rows(runs)}
   figures = plots.write_figures(runs, out_dir)
   md, js = out_dir / "report.md", out_dir / "report.json"
   md.write_text(report_markdown(runs, t, figures, out_dir))

@@ -33,6 +33,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ from ldjax.data.augment import Augment, Draws, ViewSource
 from ldjax.data.batching import Blocks
 from ldjax.data.datasets import Dataset
 from ldjax.errors import Interrupted, TrainingDiverged
-from ldjax.models import costs
+from ldjax.models import bandwidth, costs
 from ldjax.models.staged import StagedModel
 from ldjax.runs import cluster
 from ldjax.runs.config import TrainConfig
@@ -50,7 +51,8 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import adaptive, budget, decisions, optim, programs, scoring, sharding, steps
+from ldjax.train import (adaptive, budget, decisions, optim, programs, reader, scoring,
+                         sharding, steps)
 from ldjax.train.decisions import DropState
 from ldjax.train.evaluation import Evaluator
 
@@ -73,8 +75,13 @@ class Trainer:
 
   def __init__(self, model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str,
                variables: list[dict], run_dir: RunDir | None,
-               cost_table: budget.CostTable | None = None):
+               cost_table: budget.CostTable | None = None,
+               reader_threads: int = reader.DEFAULT_THREADS):
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
+    # Threads that prepare the next batches while the devices compute (`ldjax.train.reader`;
+    # 0: in the loop's thread). The same batches either way.
+    self.reader_threads = reader_threads
+    self._feeds_checked: set[tuple] = set()   # stores the bandwidth model has looked at
     self.strategy = Strategy(strategy)
     # This process's blocks of the training set (all of it, with one process).
     self.blocks = Blocks.here(data.num_train, cfg.data_shards)
@@ -312,7 +319,8 @@ class Trainer:
     t0 = time.perf_counter()
     store = new_store if new_store is not None else self.keeper.current if read_cut else None
     read = self._reader(draws, store)
-    state, scores, metrics = self._train(epoch, read, fused, step_cut, bar, should_stop, on_step)
+    state, scores, metrics, wait_s = self._train(epoch, read, fused, step_cut, bar,
+                                                 should_stop, on_step)
     times["train_s"] = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
     loss, accuracy = self._check_finite(epoch, metrics)
@@ -322,7 +330,7 @@ class Trainer:
     self.epochs_run = epoch + 1
     return dict(times=times, cpu_s=cpu_s, scores=scores, extracted=extracted, store=store_info,
                 loss=loss, train_accuracy=accuracy, steps=len(metrics),
-                augment=self._augment_seen(store))
+                augment=self._augment_seen(store), input_wait_s=wait_s)
 
   def _fused(self, extract: steps.Compiled, tail):
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
@@ -349,9 +357,25 @@ class Trainer:
     window of their stored views."""
     if store is None:
       return functools.partial(draws.images, self.x_train)
+    self._check_feed(store)
     size = self.shapes[store.stage_range[1] - 1][:2]
     image_size = self.data.image_shape[:2]
     return lambda idx: draws.features(store.read(draws.rows(idx)), idx, size, image_size)
+
+  def _check_feed(self, store: FeatureStore) -> None:
+    """Once per store: warns when the input-bandwidth model (`ldjax.models.bandwidth`)
+    says the head's steps will wait for this host store on this run's device."""
+    key = (store.stage_range, self.drop.cut)
+    device = bandwidth.device_for(self.placement.mesh.devices.flat[0].device_kind)
+    if device is None or key in self._feeds_checked:
+      return
+    self._feeds_checked.add(key)
+    row = int(np.prod(store.shape[1:])) * store.dtype.itemsize
+    feed = bandwidth.feed(self.macs, row, self.drop.cut, device, batch_size=self.batch_size,
+                          precision=self.cfg.precision, store_cut=store.stage_range[1])
+    message = bandwidth.warning(feed, device)
+    if message is not None:
+      warnings.warn(message, stacklevel=2)
 
   def _augment_seen(self, store: FeatureStore | None) -> dict:
     """What augmentation the head's input had this epoch (metrics.jsonl "augment")."""
@@ -414,7 +438,12 @@ class Trainer:
                             self.local_batch, on_batch)
 
   def _train(self, epoch: int, read, fused, step_cut: int, bar, should_stop, on_step):
-    """The epoch's steps of the head; returns (state, scores, per-step device metrics)."""
+    """The epoch's steps of the head; returns (state, scores, per-step device metrics,
+    seconds the loop waited for its input).
+
+    The batches are read ahead in background threads (`reader.ReadAhead`), each one
+    `put(read(idx))` as without them; with one process the workers also put them on the
+    devices (with several, `put_local` assembles the global batch here)."""
     cut, bs = self.drop.cut, self.batch_size
     state = self.head_state(cut)
     scores = self.placement.replicate(scoring.init(state.params))
@@ -424,28 +453,38 @@ class Trainer:
     n_steps, cost = len(batches), self.step_cost() * self.step_k
     if self.budget is not None:   # the last epoch may stop early (at least one step)
       n_steps = max(1, min(n_steps, self.budget.steps_left(cost)))
-    metrics = []
-    for s in range(n_steps):
-      _poll(should_stop)
-      idx = self.blocks.local(batches[s])   # this process's examples of the batch
-      x = put(read(idx))   # the batch, split over the devices
-      if fused is not None:
-        x = fused(x)
-      if on_step is not None:
-        on_step(epoch, s, "train")
-      progress = 0.0 if self.budget is None else self.budget.progress()
-      state, scores, m = self.step_fn.fn(state, scores, frozen, x, put(self.y_train[idx]),
-                                         self.key, np.int32(epoch * self.steps_per_epoch + s),
-                                         np.float32(progress))
-      if self.budget is not None:
-        self.budget.spent += cost
-      metrics.append(m)
-      if s >= 2:   # bound the work in flight without a sync on the newest step
-        metrics[s - 2]["loss"].block_until_ready()
-      # In steps of --batch-size; with --budget in base steps' worth of budget.
-      bar.update(self.step_k if self.budget is None else cost / self.budget.base_step)
+    metrics, wait_s = [], 0.0
+    in_worker = jax.process_count() == 1
+
+    def load(idx):   # this process's examples of a batch -> (images or maps, labels)
+      x, y = read(idx), self.y_train[idx]
+      return (put(x), put(y)) if in_worker else (x, y)
+
+    local = [self.blocks.local(batches[s]) for s in range(n_steps)]
+    with reader.ReadAhead(load, local, threads=self.reader_threads) as batches_in:
+      for s in range(n_steps):
+        _poll(should_stop)
+        t0 = time.perf_counter()
+        x, y = batches_in.next()
+        x, y = put(x), put(y)   # the batch, split over the devices (once put: a no-op)
+        wait_s += time.perf_counter() - t0
+        if fused is not None:
+          x = fused(x)
+        if on_step is not None:
+          on_step(epoch, s, "train")
+        progress = 0.0 if self.budget is None else self.budget.progress()
+        state, scores, m = self.step_fn.fn(state, scores, frozen, x, y, self.key,
+                                           np.int32(epoch * self.steps_per_epoch + s),
+                                           np.float32(progress))
+        if self.budget is not None:
+          self.budget.spent += cost
+        metrics.append(m)
+        if s >= 2:   # bound the work in flight without a sync on the newest step
+          metrics[s - 2]["loss"].block_until_ready()
+        # In steps of --batch-size; with --budget in base steps' worth of budget.
+        bar.update(self.step_k if self.budget is None else cost / self.budget.base_step)
     jax.block_until_ready(state)
-    return state, scores, metrics
+    return state, scores, metrics, wait_s
 
   def _check_finite(self, epoch: int, metrics: list) -> tuple[float, float]:
     """(mean loss, train accuracy %); TrainingDiverged at the first non-finite step."""

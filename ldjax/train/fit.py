@@ -13,6 +13,7 @@ the same decisions and weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -29,7 +30,7 @@ from ldjax.runs import cluster
 from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
-from ldjax.train import adaptive
+from ldjax.train import adaptive, reader
 from ldjax.train.budget import TABLE_FILE
 from ldjax.train.decisions import DropState
 from ldjax.train.epoch import Trainer, param_l2
@@ -72,7 +73,8 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
         on_epoch: Callable[[dict], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_step: Callable[[int, int, str], None] | None = None,
-        drop: DropState | None = None, extra_summary: dict | None = None) -> dict:
+        drop: DropState | None = None, extra_summary: dict | None = None,
+        reader_threads: int = reader.DEFAULT_THREADS) -> dict:
   """Trains `model` on `data` with `strategy`; returns the run's summary dict.
 
   Args:
@@ -89,6 +91,8 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
       continues another on new data starts with its cut (see
       `ldjax.train.continuation`).
     extra_summary: entries added to the summary (e.g. where the run continued from).
+    reader_threads: threads that read the next batches ahead (`ldjax.train.reader`; 0: in
+      the loop's thread); the same results either way.
   """
   # The training set before a validation split that is already held out (`prepare` with
   # several processes, or a start with other input normalization).
@@ -102,7 +106,8 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
     data = hold_out(data, cfg.val_size)
   if variables is None:
     variables = model.init(jax.random.key(cfg.seed), data.image_shape)
-  trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
+  trainer = Trainer(model, data, cfg, strategy, variables, run_dir,
+                    reader_threads=reader_threads)
   if drop is not None:
     trainer.drop = drop
   ckpt = None if run_dir is None else Checkpointer(run_dir.path / "checkpoints")
@@ -302,6 +307,11 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
   forward = sum(macs[forward_from:]) + extra
   train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
   lr_scale = adaptive.lr_scale(trainer.step_k, trainer.cfg.adaptive_lr)
+  # What a step reads per example, a stored row or the uint8 image: with train_macs, the
+  # numbers of the input-bandwidth model (`ldjax.models.bandwidth`).
+  input_bytes = (math.prod(trainer.view_net.shapes[forward_from - 1])
+                 * trainer.feature_dtype.itemsize if forward_from
+                 else math.prod(trainer.data.image_shape))
   return {
       "epoch": epoch + 1, "strategy": trainer.strategy.value,
       "lr": lr_scale * lr,
@@ -309,11 +319,13 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
       "loss": out["loss"], "train_accuracy": out["train_accuracy"],
       "test_loss": ev["test_loss"], "test_accuracy": ev["test_accuracy"],
       "val_loss": ev["val_loss"], "val_accuracy": ev["val_accuracy"],
-      "time": times | {"epoch_s": sum(times.values())},
+      # input_wait_s: the part of train_s the loop waited for its batches (`ldjax.train.reader`).
+      "time": times | {"epoch_s": sum(times.values()), "input_wait_s": out["input_wait_s"]},
       "dropped_stages": cut, "stored_stages": forward_from,
       "trainable_params": count_params(trainer.variables[cut:]),
       "forward_params": count_params(trainer.variables[forward_from:]),
       "forward_macs": int(forward), "train_macs": int(train),
       "xla_step_flops": trainer.step_fn.flops,
       "store": out["store"], "augment": out["augment"],
+      "input_bytes_per_example": input_bytes,
   }
