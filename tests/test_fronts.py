@@ -30,13 +30,16 @@ def runs_dir(tmp_path):
       write_run(tmp_path, f"s{seed}/sgd-b{b}", "sgd", seed, b, sgd + shift, sgd)
       write_run(tmp_path, f"s{seed}/drop-b{b}", "drop", seed, b, drop + shift, drop)
   write_run(tmp_path, "s0/drop-window-b8", "drop", 0, 8, 70.0, crop_store="window")
+  write_run(tmp_path, "s0/drop-timed-b8", "drop", 0, 8, 86.0, cost_table="/x/measured.json",
+            decision_rule="stable")
   return tmp_path
 
 
 def test_points_are_grouped_by_variant_and_budget_and_gaps_paired(runs_dir):
   runs = load_runs([str(p.parent) for p in runs_dir.rglob("summary.json")])
   points = front_points(runs)
-  assert set(points) == {"SGD", "Dropping", "Dropping (window crop)"}
+  assert set(points) == {"SGD", "Dropping", "Dropping (window crop)",
+                          "Dropping (stable rule, measured costs)"}
   assert sorted(points["Dropping"]) == [4.0, 8.0] and len(points["Dropping"][4.0]) == 2
   gaps = paired_gaps(points, "Dropping")
   assert gaps[4.0] == pytest.approx([1.0, -0.5]) and gaps[8.0] == pytest.approx([1.0, -0.5])

@@ -39,6 +39,9 @@ def variant(run: Run) -> str:
     extra.append(str(c["feature_dtype"]))
   if c.get("decision_rule", "paper") != "paper" and run.strategy != "sgd":
     extra.append(f"{c['decision_rule']} rule")
+  # SGD spends a budget the same way under any table (whole-model steps only).
+  if c.get("cost_table", "macs") != "macs" and run.strategy != "sgd":
+    extra.append(f"{Path(str(c['cost_table'])).stem} costs")
   return name + (f" ({', '.join(extra)})" if extra else "")
 
 
