@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
          "maps per image")
   a("--decision-rule", default=None, metavar="RULE",
     help=f"drop decision after the warm-up: {', '.join(DECISION_RULES)}. paper: Eqs. 3-4 "
-         "and the median rule on one epoch's scores (default of --recipe paper); stable: "
-         "the same on scores averaged over two epochs, with a margin around P' = 0, and "
-         "no drop that does not pay for its extraction (default of --recipe strong)")
+         "and the median rule on one epoch's scores (default); stable: the leading "
+         "stages whose P' of the two-epoch mean is at least 1, after the lr warm-up, and "
+         "no drop that does not pay for its extraction (flips half as often under "
+         "rounding, drops less; see README)")
   a("--budget", type=float, default=None, metavar="B",
     help="train each strategy to a compute budget of B reference epochs (B times the "
          "cost of one epoch of the whole model, from --cost-table) instead of --epochs; "

@@ -137,14 +137,12 @@ def test_strong_recipe_is_a_valid_config():
   c = dataclasses.replace(TrainConfig(epochs=12), **RECIPES["strong"])
   c.validate()
   assert c.schedule_name == "cosine" and c.optimizer == "nesterov"
-  assert c.decision_rule == "stable" and TrainConfig().decision_rule == "paper"
+  assert c.decision_rule == "paper"
 
 
-def test_the_recipe_sets_the_decision_rule_and_the_flag_overrides_it():
+def test_the_decision_rule_flag_overrides_the_recipe():
   from ldjax import run
   parser = run.build_parser()
-  strong = run.config_from_args(parser.parse_args(["--recipe", "strong"]))
-  assert strong.decision_rule == "stable"
-  assert run.config_from_args(parser.parse_args([])).decision_rule == "paper"
+  assert run.config_from_args(parser.parse_args(["--recipe", "strong"])).decision_rule == "paper"
   assert run.config_from_args(parser.parse_args(
-      ["--recipe", "strong", "--decision-rule", "paper"])).decision_rule == "paper"
+      ["--recipe", "strong", "--decision-rule", "stable"])).decision_rule == "stable"
