@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ldjax import writable
 from ldjax.data import images
 from ldjax.data.stats import PixelSums
 from ldjax.errors import UsageError
@@ -142,10 +143,7 @@ def open_entry(root: Path, name: str) -> Entry | None:
 def check_writable(root: Path) -> None:
   """UsageError unless the cache directory can be created and written."""
   try:
-    root.mkdir(parents=True, exist_ok=True)
-    probe = root / f".write-test-{socket.gethostname()}-{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
+    writable.probe(root)
   except OSError as e:
     raise UsageError(f"cannot write the image cache {str(root)!r} ({e.strerror or e}); "
                      f"choose another with --image-cache (or ${ENV})") from None

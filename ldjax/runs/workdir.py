@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import socket
 import subprocess
 from pathlib import Path
 
+from ldjax import writable
 from ldjax.errors import UsageError
 from ldjax.runs import cluster
 from ldjax.jsonio import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -36,11 +36,7 @@ def ensure_writable(path: str | os.PathLike) -> Path:
   """Creates `path` if needed; UsageError if it cannot be written."""
   path = Path(path)
   try:
-    path.mkdir(parents=True, exist_ok=True)
-    # Several processes (on several hosts) may probe at once.
-    probe = path / f".ldjax_write_test-{socket.gethostname()}-{os.getpid()}"
-    probe.write_text("ok")
-    probe.unlink()
+    writable.probe(path)
   except OSError as e:
     raise UsageError(f"cannot write to work directory {str(path)!r} ({e.strerror or e}); "
                      "choose another with --workdir") from None
