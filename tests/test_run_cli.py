@@ -33,6 +33,8 @@ FLAGS = ["--strategy", "--dataset", "--data-dir", "--train-size", "--test-size",
          "--adaptive-batch", "--max-batch-size", "--adaptive-lr", "--drop-at"]
 FLAGS += ["--image-size", "--channels", "--test-fraction", "--skip-bad-images", "--image-cache",
           "--tensorboard"]   # folder:DIR data and the metrics files
+FLAGS += ["--crop-store", "--crop-views", "--decision-rule", "--budget",
+          "--cost-table"]    # the exact crop store, decision rules, compute budgets
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:
