@@ -269,7 +269,7 @@ def test_damaged_store_rebuilt_on_resume(damaged_runs, reference, damage):
 
 # -- no room for a store: drop becomes freeze ---------------------------------------
 
-NAN_EPOCH = 1   # 0-based epoch whose labels go bad from step 2 on
+NAN_EPOCH = 1   # 0-based epoch whose labels go bad from step 2 (0-based) on: set during step 1
 
 def fallback_jobs(root: Path, reference) -> dict:
   """Freeze, drops that cannot store, and runs that go NaN."""
@@ -281,7 +281,7 @@ def fallback_jobs(root: Path, reference) -> dict:
       "no_workdir": ft.fit_job(None, memory=0.0),
       "disk_full": ft.fit_job(root / "disk_full", memory=0.0, disk_free=4096),
       "write_error": ft.fit_job(root / "write_error", memory=0.0, write_fail_after=3),
-      "nan": ft.fit_job(root / "nan", bad_labels_at=[NAN_EPOCH, 2]),
+      "nan": ft.fit_job(root / "nan", bad_labels_at=[NAN_EPOCH, 1]),
       "nan_checkpoint": dict(kind="checkpoint", workdir=str(root / "nan"), cfg=ft.CFG),
       "nan_cli": dict(kind="cli", argv=ft.cli_argv(root / "nan_cli"), bad_labels=True),
       # NaN features read by a conv stage: the reference resumed after its first

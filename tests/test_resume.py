@@ -60,7 +60,7 @@ SUBPROCESS_TIMEOUT = 400
 #        disk_free (bytes free that shutil.disk_usage reports for the store's directory),
 #        write_fail_after n (FeatureStore.write raises ENOSPC after n calls),
 #        nan_from [epoch, step] (stored features read from then on hold a NaN),
-#        bad_labels_at [epoch, step] (from then on every label is out of range,
+#        bad_labels_at [epoch, step] (set during that step: from the next step on every label is out of range,
 #        which makes the cross-entropy NaN); snapshots (copy the work directory
 #        after each epoch, to <workdir>_after_epoch<1-based epoch>); stop_after
 #        (1-based epoch after which the job ends with error type "Stopped").
@@ -206,7 +206,7 @@ def fit_job(job):
     if job.get("nan_from") == [epoch, step + 1]:
       nan["on"] = True   # the next step's batch is read after this call
     if job.get("bad_labels_at") == [epoch, step]:
-      DATA.y_train[:] = 10 * DATA.num_classes   # this step's labels are read after this call
+      DATA.y_train[:] = 10 * DATA.num_classes   # the next step's labels are read after this call
 
   def on_epoch(rec):
     if job.get("snapshots"):
@@ -221,10 +221,12 @@ def fit_job(job):
     CAUGHT["warnings"] = caught
     apply_patches(job, stack, nan)
     try:
+      # The injections above assume a batch is read when its step runs: no read-ahead
+      # (tests/test_reader.py shows the reader changes nothing else).
       summary = fit(MODEL, DATA, cfg, job.get("strategy", "drop"), variables=VARIABLES,
                     run_dir=None if workdir is None else RunDir(workdir),
                     resume=job.get("resume", False), progress=False, on_step=on_step,
-                    on_epoch=on_epoch)
+                    on_epoch=on_epoch, reader_threads=0)
       summary.pop("variables")
       result["summary"] = summary
     except Exception as e:
