@@ -177,12 +177,10 @@ class Trainer:
     """After training `epoch`: whether it was the run's last."""
     return not self.has_epoch(epoch + 1)
 
-  def step_cost(self, cut: int | None = None) -> float:
-    """What one step at the current cut (or at `cut`, stored) costs, per --batch-size."""
-    store_cut, now = ((self.drop.store_cut, self.drop.cut) if cut is None else (cut, cut))
-    if cut is None and not self.strategy.caches:
-      store_cut = 0
-    return self.cfg.batch_size * self.costs.train_cost(store_cut, now)
+  def step_cost(self) -> float:
+    """What one step at the current cuts costs, per --batch-size (Freeze reads images)."""
+    store_cut = self.drop.store_cut if self.strategy.caches else 0
+    return self.cfg.batch_size * self.costs.train_cost(store_cut, self.drop.cut)
 
   def pays(self, new_cut: int, epoch: int) -> bool:
     """Whether dropping to `new_cut` after `epoch` saves more than its extraction costs:
