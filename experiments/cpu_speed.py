@@ -43,6 +43,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path[:0] = [p for p in (HERE,) if p not in sys.path]
+
+import repo_paths  # noqa: E402
+
 OUT = os.path.join(HERE, "results", "cpu_speed")
 N_TRAIN = 6000
 WIDTH = 0.25
@@ -103,7 +107,7 @@ def command_of(spec: dict) -> list[str]:
 
 def shell_line(spec: dict) -> str:
   env = f"XLA_FLAGS={shlex.quote(spec['flags'])} " if spec["flags"] else ""
-  return env + " ".join(shlex.quote(c) for c in command_of(spec)).replace(sys.executable, "python")
+  return env + repo_paths.command(command_of(spec))
 
 
 # ---------------------------------------------------------------- data
@@ -640,7 +644,8 @@ def main(argv=None):
             f"rounds). CPU s = process CPU time (all threads) of the timed steps. "
             f"{os.cpu_count()} CPUs; total wall {time.time() - t_start:.0f} s."),
       cpus=os.cpu_count(), rounds=args.rounds, steps=args.steps, warm=args.warm,
-      driver=" ".join(["python", "experiments/cpu_speed.py"] + (argv or sys.argv[1:])))
+      driver=repo_paths.command(["python", "experiments/cpu_speed.py",
+                                 *(sys.argv[1:] if argv is None else argv)]))
   with open(os.path.join(args.out, "table.json"), "w") as f:
     json.dump(dict(meta=meta, rows=rows), f, indent=1)
   md = markdown(rows, meta)
