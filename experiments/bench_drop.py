@@ -51,18 +51,18 @@ import functools
 import json
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [p for p in (os.path.dirname(HERE),) if p not in sys.path]
+sys.path[:0] = [p for p in (os.path.dirname(HERE), HERE) if p not in sys.path]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import repo_paths  # noqa: E402
 
 from ldjax import run  # noqa: E402
 from ldjax.runs import checkpoint, compile_cache  # noqa: E402
@@ -305,11 +305,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args, argv, cfg, cache) -> int:
   rep = Report()
-  rep(f"command: python experiments/bench_drop.py {shlex.join(argv)}".rstrip())
+  command = repo_paths.command(["python", "experiments/bench_drop.py", *argv])
+  rep(f"command: {command}")
   rep(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
       f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
-  rep(f"compilation cache: {cache or 'off'}" + (" (new and empty)" if args.compilation_cache is None
-                                                 else ""))
+  rep("compilation cache: " + ("a temporary directory (new and empty)" if args.compilation_cache is None
+                                else repo_paths.rel(cache) if cache else "off"))
   data, model = compare.prepare(cfg, ["sgd", "drop"])
   variables = model.init(jax.random.key(cfg.seed), data.image_shape)
   timer = loop.Trainer(model, data, cfg, "drop", variables, None)   # compiles the timed steps
@@ -479,8 +480,8 @@ def _bench(args, argv, cfg, cache) -> int:
 
   if args.out:
     rep.data = {
-        "command": f"python experiments/bench_drop.py {shlex.join(argv)}".rstrip(),
-        "config": dataclasses.asdict(cfg),
+        "command": command,
+        "config": repo_paths.tree(dataclasses.asdict(cfg)),
         "model": model.name, "stage_names": list(names), "steps_per_epoch": spe,
         "timing_steps": steps, "repeats": repeats,
         "epoch_timing_steps": args.epoch_timing_steps,

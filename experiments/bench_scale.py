@@ -58,14 +58,14 @@ if DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import shlex  # noqa: E402
 import time  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [p for p in (os.path.dirname(HERE),) if p not in sys.path]
+sys.path[:0] = [p for p in (os.path.dirname(HERE), HERE) if p not in sys.path]
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import repo_paths  # noqa: E402
 
 from ldjax import run  # noqa: E402
 from ldjax.errors import UsageError  # noqa: E402
@@ -210,14 +210,15 @@ def _main(argv: list[str]) -> int:
 
 def _bench(args, argv, cfg, counts, skipped, cache) -> int:
   rep = Report()
-  command = f"python experiments/bench_scale.py {shlex.join(argv)}".rstrip()
+  command = repo_paths.command(["python", "experiments/bench_scale.py", *argv])
   backend, kind = jax.default_backend(), jax.devices()[0].device_kind
   load_start = os.getloadavg()
   rep(f"command: {command}")
   rep(f"jax {jax.__version__} on {backend} ({kind}): {jax.device_count()} visible devices, "
       f"{os.cpu_count()} CPUs, load average {load_start[0]:.1f} at start; "
       f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  rep(f"compilation cache: {cache or 'off'} (compile times below may be loads from it)")
+  rep(f"compilation cache: {repo_paths.rel(cache) if cache else 'off'} "
+      "(compile times below may be loads from it)")
   if skipped:
     rep(f"device counts {skipped} skipped: only {jax.device_count()} {backend} devices visible")
   if backend == "cpu":
@@ -325,7 +326,7 @@ def _bench(args, argv, cfg, counts, skipped, cache) -> int:
     result = dict(command=command, jax=jax.__version__, backend=backend, device_kind=kind,
                   visible_devices=jax.device_count(), cpus=os.cpu_count(),
                   xla_flags=os.environ.get("XLA_FLAGS", ""), device_counts=counts,
-                  skipped_device_counts=skipped, config=dataclasses.asdict(cfg),
+                  skipped_device_counts=skipped, config=repo_paths.tree(dataclasses.asdict(cfg)),
                   model=model.name, stage_names=list(model.stage_names), cut=cut,
                   adaptive_k_from_macs=k_macs, train_mac_ratio=mac_ratio,
                   steps=args.steps, rounds=args.rounds, warmup_steps=args.warmup_steps,
