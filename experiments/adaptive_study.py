@@ -21,7 +21,9 @@ the batch size and lr scale per epoch (from metrics.jsonl).
 
 `--out` (default experiments/results/adaptive) receives adaptive.md and
 adaptive.json; the runs' work directories go to --workdir (default
-/tmp/adaptive_study; a finished run found there is reused, not rerun).
+runs/adaptive_study, which git ignores; a finished run found there is reused,
+not rerun). The commands are recorded with paths in the repository written
+relative to its root (experiments/repo_paths.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import repo_paths  # noqa: E402
 
 DATA = "idx:/usr/share/datasets/fashion-mnist"
 PROTOCOL = ["--dataset", DATA, "--train-size", "8000", "--test-size", "2000",
@@ -44,7 +50,8 @@ def load() -> str:
 
 
 def run(argv: list[str], log: list[dict], reuse: bool) -> None:
-  entry = {"command": "python -m ldjax.run " + " ".join(argv), "load_before": load()}
+  entry = {"command": repo_paths.command(["python", "-m", "ldjax.run", *argv]),
+           "load_before": load()}
   if reuse:   # finished earlier: listed, not rerun
     log.append(entry | {"load_before": "reused", "load_after": "reused"})
     return
@@ -69,7 +76,7 @@ def main() -> int:
   p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
   p.add_argument("--adaptive-lr", default="linear", choices=("linear", "sqrt"),
                  help="the lr rule of the adaptive runs (default linear)")
-  p.add_argument("--workdir", default="/tmp/adaptive_study", help="where the runs go")
+  p.add_argument("--workdir", default="runs/adaptive_study", help="where the runs go")
   p.add_argument("--out", default="experiments/results/adaptive", help="where the report goes")
   a = p.parse_args()
   seeds = [int(s) for s in a.seeds.split(",")]
