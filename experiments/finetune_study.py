@@ -15,7 +15,8 @@ SGD (wall and CPU), the epoch of the first drop and the final cut.
 
 Everything it runs is printed; the table, the commands and the machine's
 load average before and after go to OUT/table.md, the rows to OUT/results.json.
-The runs' work directories stay in OUT/runs.
+The runs' work directories stay in OUT/runs. Commands are recorded with paths in
+the repository written relative to its root (experiments/repo_paths.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from ldjax.data.idx import load_idx_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import repo_paths  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -57,7 +61,7 @@ def split_by_class(out: Path, n_train: int, n_test: int, seed: int = 0) -> tuple
 
 def run(argv: list[str], log) -> None:
   cmd = [sys.executable, "-m", "ldjax.run", *argv]
-  log(f"$ {shlex.join(cmd[1:])}")
+  log(f"$ {repo_paths.command(cmd)}")
   t0 = time.time()
   r = subprocess.run(cmd, capture_output=True, text=True)
   if r.returncode != 0:
@@ -136,8 +140,8 @@ def main() -> None:
                  f"{r['first_drop_epoch'] or '-'} | {r['drops']} | {r['final_cut']} |")
   print("\n".join(table))
   machine = (f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and "
-             f"{os.getloadavg()[0]:.1f} after; study command: python "
-             f"experiments/finetune_study.py {shlex.join(sys.argv[1:])}")
+             f"{os.getloadavg()[0]:.1f} after; study command: "
+             f"{repo_paths.command(['python', 'experiments/finetune_study.py', *sys.argv[1:]])}")
   (out / "table.md").write_text("\n".join(table) + f"\n\n{machine}\n\nCommands:\n\n" +
                                 "\n".join(f"    {c}" for c in lines if c.startswith("$")) + "\n")
 

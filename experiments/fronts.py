@@ -22,6 +22,8 @@ first, then the fine-tuning case, then the store variants and Freeze), so a
 partial study is usable. `--rule stable` adds the stable rule's Freeze and Drop
 runs beside the paper rule's (SGD's are shared).
 `python -m ldjax.report --fronts OUT/scratch` draws the figure and table.
+OUT/commands.log records every command, with paths in the repository written
+relative to its root (experiments/repo_paths.py).
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import repo_paths  # noqa: E402
 from finetune_study import split_by_class  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -55,7 +57,7 @@ def run(argv: list[str], workdir: Path, log) -> None:
     return
   flags = [*argv, "--workdir", str(workdir)]
   flags += ["--resume"] if workdir.exists() else []
-  log(f"$ python -m ldjax.run {shlex.join(flags)}   # load {load()}")
+  log(f"$ {repo_paths.command(['python', '-m', 'ldjax.run', *flags])}   # load {load()}")
   subprocess.run([sys.executable, "-m", "ldjax.run", *flags], check=True)
 
 
@@ -128,7 +130,7 @@ def main() -> int:
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
   log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {commit}, {os.cpu_count()} CPUs, "
-      f"load {load()}: python {shlex.join(sys.argv)}")
+      f"load {load()}: {repo_paths.command(['python', *sys.argv])}")
   todo = sorted(jobs(out, [int(s) for s in args.seeds.split()],
                      [float(b) for b in args.budgets.split()],
                      [float(b) for b in args.finetune_budgets.split()], args.rule),
