@@ -27,10 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import repo_paths  # noqa: E402
 
 from ldjax import run as run_cli  # noqa: E402
 from ldjax.runs.workdir import RunDir  # noqa: E402
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
              zip(jax.tree.leaves(runs[0].pop("variables")), jax.tree.leaves(runs[1].pop("variables"))))
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=Path(__file__).parent).stdout.strip()
-  out = {"command": " ".join(["python experiments/input_wait.py", *(argv or sys.argv[1:])]),
+  out = {"command": repo_paths.command(["python", "experiments/input_wait.py",
+                                        *(sys.argv[1:] if argv is None else argv)]),
          "commit": commit, "device": jax.devices()[0].device_kind,
          "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
          "same_weights": same, "runs": runs}
