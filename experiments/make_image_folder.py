@@ -1,6 +1,6 @@
 """Train on your own images, end to end, with a folder made from the real Fashion-MNIST files.
 
-  python experiments/make_image_folder.py [--out /tmp/fm_folder] [--results experiments/results/folder]
+  python experiments/make_image_folder.py [--out runs/fm_folder] [--results experiments/results/folder]
 
 1. Writes DIR/train/<class>/ (500 per class) and DIR/test/<class>/ (100 per class):
    6,000 images from Debian's Fashion-MNIST IDX files
@@ -18,7 +18,10 @@
 
 Prints (and writes to RESULTS/output.txt) every command, the git commit, the
 machine's load, and each command's output and peak memory (RSS, with its
-anonymous and file-backed parts sampled from /proc).
+anonymous and file-backed parts sampled from /proc). The commands run from the
+repository root and name paths in it relative to the root (experiments/repo_paths.py),
+so the output reads the same on any clone. DIR (default runs/fm_folder, which git
+ignores) gets the siblings DIR_cache, DIR_cache_bench and DIR_runs.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ import numpy as np
 import PIL.Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 
+import repo_paths  # noqa: E402
 from ldjax.data import idx  # noqa: E402
 
 CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -112,7 +116,7 @@ class Memory:
 
 
 def run(cmd: list[str], log, env=None) -> tuple[str, float]:
-  log(f"\n$ {' '.join(cmd)}")
+  log(f"\n$ {repo_paths.command(cmd)}")
   t0 = time.perf_counter()
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env)
@@ -122,7 +126,7 @@ def run(cmd: list[str], log, env=None) -> tuple[str, float]:
   log(out.rstrip())
   log(f"[exit {proc.returncode}, {seconds:.1f} s wall; peak memory: {memory}]")
   if proc.returncode:
-    raise SystemExit(f"command failed: {' '.join(cmd)}")
+    raise SystemExit(f"command failed: {repo_paths.command(cmd)}")
   return out, seconds
 
 
@@ -153,11 +157,15 @@ def make_photos(out: Path, source: Path, n: int = 600, seed: int = 1) -> None:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
-  p.add_argument("--out", default="/tmp/ldjax_fm_folder")
+  p.add_argument("--out", default=str(ROOT / "runs" / "fm_folder"))
   p.add_argument("--results", default=str(ROOT / "experiments" / "results" / "folder"))
   p.add_argument("--epochs", default="4")
   args = p.parse_args()
-  results = Path(args.results)
+  # From here on the working directory is the repository root (the commands' too), and
+  # paths in the repository are relative to it: what the output shows runs on any clone.
+  out_dir, results = (Path(repo_paths.rel(Path(d).resolve(), home=False))
+                      for d in (args.out, args.results))
+  os.chdir(ROOT)
   results.mkdir(parents=True, exist_ok=True)
   lines = []
 
@@ -169,7 +177,7 @@ def main() -> None:
                           text=True).stdout.strip()
   log(f"# experiments/make_image_folder.py, commit {commit}")
   log(f"# machine: {os.cpu_count()} CPUs, load average {os.getloadavg()} at the start")
-  out, cache, work = Path(args.out), Path(args.out + "_cache"), Path(args.out + "_runs")
+  out, cache, work = out_dir, Path(f"{out_dir}_cache"), Path(f"{out_dir}_runs")
   for d in (cache, work):
     shutil.rmtree(d, ignore_errors=True)
   t0 = time.perf_counter()
