@@ -45,6 +45,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import paper_configs  # noqa: E402
+import repo_paths  # noqa: E402
 from ldjax import run  # noqa: E402
 from ldjax.data.datasets import load_dataset  # noqa: E402
 from ldjax.errors import TrainingDiverged  # noqa: E402
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; FAILED: {', '.join(failed)}" if failed else ""))
   if args.out:
     report = {"what": "dry run of the paper configurations (tfds mock data, one train step)",
-              "command": "python experiments/dry_run.py " + " ".join(sys.argv[1:] if argv is None
-                                                                     else argv),
+              "command": repo_paths.command(["python", "experiments/dry_run.py",
+                                             *(sys.argv[1:] if argv is None else argv)]),
               "batch": args.batch, "width": args.width, "paper_batch": paper_configs.BATCH_SIZE,
               "jax": jax.__version__, "backend": jax.default_backend(),
               "cpus": os.cpu_count(), "machine": platform.machine(),
