@@ -99,7 +99,10 @@ def spec_of(name: str, args) -> dict:
 
 
 def command_of(spec: dict) -> list[str]:
-  cmd = [sys.executable, os.path.join(HERE, "cpu_speed.py"), "--worker", json.dumps(spec)]
+  # Relative to the repository root, the workers' working directory: their warnings, kept
+  # in raw.jsonl, then name the script as a clone has it.
+  cmd = [sys.executable, os.path.relpath(os.path.join(HERE, "cpu_speed.py"), ROOT),
+         "--worker", json.dumps(spec)]
   if spec["taskset"]:
     cmd = ["taskset", "-c", spec["taskset"]] + cmd
   return cmd

@@ -4,8 +4,8 @@
 # prints both runs' drop events, final cuts and accuracies.
 #
 #   bash experiments/precision_study.sh OUT_DIR [SEEDS] [EXTRA FLAGS...]
-#   bash experiments/precision_study.sh /tmp/prec "0 1 2"            # the embedded default job
-#   bash experiments/precision_study.sh /tmp/prec_fm 0 --dataset idx:/usr/share/datasets/fashion-mnist \
+#   bash experiments/precision_study.sh runs/prec "0 1 2"            # the embedded default job
+#   bash experiments/precision_study.sh runs/prec_fm 0 --dataset idx:/usr/share/datasets/fashion-mnist \
 #     --train-size 8000 --test-size 2000 --width 0.125 --epochs 10 --warmup 1 --lr 0.01 --batch-size 128
 set -euo pipefail
 out=${1:?usage: precision_study.sh OUT_DIR [SEEDS] [EXTRA FLAGS...]}
