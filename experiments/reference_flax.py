@@ -33,6 +33,7 @@ import functools
 import gzip
 import json
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -40,6 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import repo_paths  # noqa: E402
 
 # ---------------------------------------------------------------- data
 
@@ -254,7 +259,7 @@ def main(argv=None):
     records.append(rec)
     print(f"epoch {epoch + 1:3d}  loss {rec['train_loss']:.4f}  train {rec['train_accuracy']:6.2f}%"
           f"  test {acc:6.2f}%  {epoch_time:6.1f}s", flush=True)
-  result = {"config": vars(args), "params": int(n_params), "steps_per_epoch": steps_per_epoch,
+  result = {"config": repo_paths.tree(vars(args)), "params": int(n_params), "steps_per_epoch": steps_per_epoch,
             "test_accuracy": records[-1]["test_accuracy"],
             "best_test_accuracy": max(r["test_accuracy"] for r in records),
             "train_time_s": train_time, "epochs": records}
