@@ -165,6 +165,7 @@ def main() -> None:
   # paths in the repository are relative to it: what the output shows runs on any clone.
   out_dir, results = (Path(repo_paths.rel(Path(d).resolve(), home=False))
                       for d in (args.out, args.results))
+  source = Path(args.source).resolve()
   os.chdir(ROOT)
   results.mkdir(parents=True, exist_ok=True)
   lines = []
@@ -181,11 +182,11 @@ def main() -> None:
   for d in (cache, work):
     shutil.rmtree(d, ignore_errors=True)
   t0 = time.perf_counter()
-  counts = make_folder(out / "photos", Path(args.source))
+  counts = make_folder(out / "photos", source)
   log(f"wrote {sum(counts.values())} images ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}"
       f") to {out / 'photos'} in {time.perf_counter() - t0:.1f} s")
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  make_photos(out / "large_jpegs", Path(args.source))
+  make_photos(out / "large_jpegs", source)
   log("\n## decode throughput (a fresh cache each time): the 6,000 small images at 28x28, "
       "then 600 480x360 JPEGs at 64x64; on 1 core, then on all")
   for folder_name, side in (("photos", "28"), ("large_jpegs", "64")):
