@@ -29,13 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [p for p in (str(HERE.parent), str(HERE)) if p not in sys.path]
 
-from ldjax.data.idx import load_idx_split
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 
 import repo_paths  # noqa: E402
+from ldjax.data.idx import load_idx_split  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
