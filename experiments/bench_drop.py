@@ -215,7 +215,7 @@ class HeadTimer:
 
   def __init__(self, trainer: loop.Trainer, store_cut: int, cut: int):
     self.compiled = trainer.compile_step(store_cut, cut)
-    bs = trainer.cfg.batch_size
+    bs = trainer.cfg.run.batch_size
     # Copies: the step donates its state, and the trainer's variables are reused.
     state = jax.tree.map(jnp.copy, trainer.head_state(cut))
     self.carry = (state, scoring.init(state.params))
@@ -273,7 +273,7 @@ def time_evaluation(trainer: loop.Trainer, store_cut: int, repeats: int) -> floa
 
 def time_extract(trainer: loop.Trainer, start: int, stop: int, steps: int, repeats: int) -> dict:
   compiled = trainer.compile_extract(start, stop)
-  bs = trainer.cfg.batch_size
+  bs = trainer.cfg.run.batch_size
   x = _device_input(trainer, start, bs, np.random.default_rng(1))
   tail = trainer.variables[start:stop]
 
@@ -312,12 +312,12 @@ def _bench(args, argv, cfg, cache) -> int:
   rep("compilation cache: " + ("a temporary directory (new and empty)" if args.compilation_cache is None
                                 else repo_paths.rel(cache) if cache else "off"))
   data, model = compare.prepare(cfg, ["sgd", "drop"])
-  variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+  variables = model.init(jax.random.key(cfg.run.seed), data.image_shape)
   timer = loop.Trainer(model, data, cfg, "drop", variables, None)   # compiles the timed steps
-  spe, bs = timer.steps_per_epoch, cfg.batch_size
-  rep(f"{model.name} width {cfg.width:g} on {data.name}: {len(data.x_train)} train / "
+  spe, bs = timer.steps_per_epoch, cfg.run.batch_size
+  rep(f"{model.name} width {cfg.model.width:g} on {data.name}: {len(data.x_train)} train / "
       f"{len(data.x_test)} test images {'x'.join(map(str, data.image_shape))}, batch {bs}, "
-      f"{spe} steps per epoch, {cfg.epochs} epochs (warm-up {cfg.warmup}), lr {cfg.lr:g}")
+      f"{spe} steps per epoch, {cfg.run.epochs} epochs (warm-up {cfg.drop.warmup}), lr {cfg.optim.lr:g}")
   steps, repeats = args.timing_steps, args.repeats
   heads = {(0, 0): HeadTimer(timer, 0, 0)}   # (store_cut, cut) -> its timer; compiles cold
   full_cold_compile = heads[(0, 0)].compiled.seconds
@@ -329,7 +329,7 @@ def _bench(args, argv, cfg, cache) -> int:
   with workdir_ctx as workdir:
     runs, per_epoch = {}, {}
     for s in ("sgd", "drop"):
-      print(f"(training {s}: {cfg.epochs} epochs, progress not shown so as not to time it)",
+      print(f"(training {s}: {cfg.run.epochs} epochs, progress not shown so as not to time it)",
             file=sys.stderr, flush=True)
       timings = EpochTimings(timer, heads, args.epoch_timing_steps)
       runs[s] = train(model, data, cfg, s, variables, workdir, timings)
@@ -435,7 +435,7 @@ def _bench(args, argv, cfg, cache) -> int:
   rep(f"   one evaluation ({len(data.x_test)} test images), bare: " + ", ".join(
       f"{'whole model' if c == 0 else f'head from cut {c}'} {t:.3f} s"
       for c, t in eval_cost.items()) + f"; this run evaluated {len(drop_recs) - len(skipped)} "
-      f"of {len(drop_recs)} epochs (--eval-every {cfg.eval_every})")
+      f"of {len(drop_recs)} epochs (--eval-every {cfg.eval.every})")
   every_epoch = None
   if skipped:
     extra = sum(eval_cost[r["stored_stages"]] for r in skipped)
@@ -481,7 +481,7 @@ def _bench(args, argv, cfg, cache) -> int:
   if args.out:
     rep.data = {
         "command": command,
-        "config": repo_paths.tree(dataclasses.asdict(cfg)),
+        "config": repo_paths.tree(cfg.flat()),
         "model": model.name, "stage_names": list(names), "steps_per_epoch": spe,
         "timing_steps": steps, "repeats": repeats,
         "epoch_timing_steps": args.epoch_timing_steps,

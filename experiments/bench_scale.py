@@ -56,7 +56,6 @@ if DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_FLAG}=4".strip()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -130,7 +129,7 @@ class StepTimer:
       self.compiled, self.k = trainer.compile_head_step(cut, cut)   # as --adaptive-batch does
     else:
       self.compiled, self.k = trainer.compile_step(store_cut, cut), 1
-    self.cut, self.batch = cut, trainer.cfg.batch_size * self.k
+    self.cut, self.batch = cut, trainer.cfg.run.batch_size * self.k
     p = trainer.placement
     state = p.replicate(trainer.head_state(cut))   # a copy: the step donates it
     self.carry = (state, p.replicate(scoring.init(state.params)))
@@ -200,9 +199,9 @@ def _main(argv: list[str]) -> int:
   if not counts:
     raise UsageError(f"none of --device-counts {args.device_counts} is visible "
                      f"({jax.device_count()} {jax.default_backend()} devices)")
-  bad = [n for n in counts if cfg.batch_size % n]
+  bad = [n for n in counts if cfg.run.batch_size % n]
   if bad:
-    raise UsageError(f"--batch-size {cfg.batch_size} does not divide by {bad} devices")
+    raise UsageError(f"--batch-size {cfg.run.batch_size} does not divide by {bad} devices")
   cache = compile_cache.resolve(ld_args.compilation_cache)
   with compile_cache.using(cache):
     return _bench(args, argv, cfg, counts, skipped, cache)
@@ -227,32 +226,32 @@ def _bench(args, argv, cfg, counts, skipped, cache) -> int:
         "measure the cost of partitioning the step, not a speed-up")
 
   data, model = compare.prepare(cfg, ["sgd", "drop"])
-  variables = model.init(jax.random.key(cfg.seed), data.image_shape)
-  n_train, bs = len(data.x_train), cfg.batch_size
+  variables = model.init(jax.random.key(cfg.run.seed), data.image_shape)
+  n_train, bs = len(data.x_train), cfg.run.batch_size
   macs = [c.macs for c in costs.stage_costs(model, data.image_shape)]
   cut = args.cut if args.cut is not None else default_cut(
-      macs, model.num_conv, bs, n_train, cfg.max_batch_size)
+      macs, model.num_conv, bs, n_train, cfg.adaptive.max_batch_size)
   if not 1 <= cut < model.num_conv:
     raise UsageError(f"--cut must be in [1, {model.num_conv - 1}] (a conv stage stays), "
                      f"got {cut}")
   k_macs = adaptive.multiplier(macs, cut, batch_size=bs, n_train=n_train,
-                               max_batch_size=cfg.max_batch_size)
+                               max_batch_size=cfg.adaptive.max_batch_size)
   mac_ratio = costs.training_macs(macs, 0, "sgd") / costs.training_macs(macs, cut, "drop")
-  rep(f"{model.name} width {cfg.width:g} on {data.name}: {n_train} train images "
-      f"{'x'.join(map(str, data.image_shape))}, batch B = {bs}, precision {cfg.precision}, "
-      f"features {cfg.feature_dtype}")
+  rep(f"{model.name} width {cfg.model.width:g} on {data.name}: {n_train} train images "
+      f"{'x'.join(map(str, data.image_shape))}, batch B = {bs}, precision {cfg.model.precision}, "
+      f"features {cfg.store.dtype}")
   rep(f"head: stages {cut}-{model.num_stages - 1} (from {model.stage_names[cut]}, cut {cut}), "
       f"input {'x'.join(map(str, costs.stage_costs(model, data.image_shape)[cut - 1].output_shape))}"
       f"; training MACs per example whole model / head = {mac_ratio:.2f}; adaptive k = "
-      f"{k_macs} (cap {cfg.max_batch_size or adaptive.DEFAULT_CAP * bs}, lr x"
-      f"{adaptive.lr_scale(k_macs, cfg.adaptive_lr):g} {cfg.adaptive_lr})")
+      f"{k_macs} (cap {cfg.adaptive.max_batch_size or adaptive.DEFAULT_CAP * bs}, lr x"
+      f"{adaptive.lr_scale(k_macs, cfg.adaptive.lr_rule):g} {cfg.adaptive.lr_rule})")
   rep(f"timing: {args.rounds} interleaved rounds x {args.steps} steps per variant after "
       f"{args.warmup_steps} warm-up steps; inputs already on the devices")
 
   timers: list[StepTimer] = []
   rng = np.random.default_rng(0)
   for n in counts:
-    trainer = loop.Trainer(model, data, dataclasses.replace(cfg, devices=n), "drop",
+    trainer = loop.Trainer(model, data, cfg.replace(devices=n), "drop",
                            variables, None)
     for v in VARIANTS:
       t = StepTimer(trainer, v, cut, rng)
@@ -326,7 +325,7 @@ def _bench(args, argv, cfg, counts, skipped, cache) -> int:
     result = dict(command=command, jax=jax.__version__, backend=backend, device_kind=kind,
                   visible_devices=jax.device_count(), cpus=os.cpu_count(),
                   xla_flags=os.environ.get("XLA_FLAGS", ""), device_counts=counts,
-                  skipped_device_counts=skipped, config=repo_paths.tree(dataclasses.asdict(cfg)),
+                  skipped_device_counts=skipped, config=repo_paths.tree(cfg.flat()),
                   model=model.name, stage_names=list(model.stage_names), cut=cut,
                   adaptive_k_from_macs=k_macs, train_mac_ratio=mac_ratio,
                   steps=args.steps, rounds=args.rounds, warmup_steps=args.warmup_steps,

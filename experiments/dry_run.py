@@ -27,7 +27,6 @@ seconds) and writes all results as JSON to --out. Exit status 1 if any row faile
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -58,15 +57,17 @@ DEFAULT_BATCH = 2
 
 
 def config_for_row(row: dict):
-  """The TrainConfig and strategies that `python -m ldjax.run` builds from the row's command."""
+  """The Config and strategies that `python -m ldjax.run` builds from the row's command."""
   args = run.build_parser().parse_args(paper_configs.ldjax_args(row))
-  return run.config_from_args(args), [s.value for s in Strategy.parse_list(args.strategy)]
+  return run.config_from_args(args), [
+      s.value for s in Strategy.parse_list(run.strategy_from_args(args))]
 
 
 def config_mismatches(cfg, row: dict) -> list[str]:
-  """Fields of `cfg` that differ from the row's (the paper's) settings."""
-  return [f"{k}={getattr(cfg, k)!r} (paper: {v!r})" for k, v in row["settings"].items()
-          if getattr(cfg, k) != v]
+  """Settings of `cfg` (by flat name) that differ from the row's (the paper's)."""
+  flat = cfg.flat()
+  return [f"{k}={flat[k]!r} (paper: {v!r})" for k, v in row["settings"].items()
+          if flat[k] != v]
 
 
 def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_BATCH,
@@ -79,25 +80,24 @@ def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_B
   import tensorflow_datasets as tfds  # Lazy: ~1 s to import.
   t_row = time.perf_counter()
   cfg, strategies = config_for_row(row)
-  cfg.validate()
-  cfg.validate_strategies(strategies)
+  cfg.check_strategies(strategies)
   mismatches = config_mismatches(cfg, row)
 
   t0 = time.perf_counter()
   with tempfile.TemporaryDirectory() as data_dir, tfds.testing.mock_data(num_examples=batch):
-    data = load_dataset(cfg.dataset, data_dir=data_dir)
+    data = load_dataset(cfg.data.name, data_dir=data_dir)
   load_s = time.perf_counter() - t0
   if data.image_shape != tuple(row["image_shape"]) or data.num_classes != row["num_classes"]:
     mismatches.append(f"data {data.image_shape} x {data.num_classes} classes "
                       f"(paper: {tuple(row['image_shape'])} x {row['num_classes']})")
 
   # The paper's run, but with a CPU-sized batch (and width, if asked).
-  small = dataclasses.replace(cfg, width=cfg.width if width is None else width,
-                              batch_size=batch, eval_batch_size=batch, seed=seed)
-  small.validate(len(data.x_train))
-  model = build_model(small.model, data.image_shape, data.num_classes, width=small.width,
-                      batch_norm=small.batch_norm)
-  variables = model.init(jax.random.key(small.seed), data.image_shape)
+  small = cfg.replace(width=cfg.model.width if width is None else width,
+                      batch_size=batch, eval_batch_size=batch, seed=seed)
+  small.check_data(len(data.x_train))
+  model = build_model(small.model.name, data.image_shape, data.num_classes,
+                      width=small.model.width, batch_norm=small.model.batch_norm)
+  variables = model.init(jax.random.key(small.run.seed), data.image_shape)
 
   t0 = time.perf_counter()
   trainer = Trainer(model, data, small, "drop", variables, run_dir=None)
@@ -116,7 +116,7 @@ def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_B
     out, ev, error = None, None, str(e)
   return {
       "id": row["id"], "network": row["network"], "dataset": row["tfds"],
-      "model": model.name, "width": small.width, "batch": batch,
+      "model": model.name, "width": small.model.width, "batch": batch,
       "image_shape": list(data.image_shape), "num_classes": data.num_classes,
       "stages": model.num_stages, "conv_stages": model.num_conv,
       "params": count_params(variables), "forward_macs": int(sum(macs)),

@@ -54,7 +54,7 @@ from ldjax.data.datasets import Dataset, load_dataset  # noqa: E402
 from ldjax.models import bandwidth, costs  # noqa: E402
 from ldjax.models.zoo import build_model  # noqa: E402
 from ldjax.runs.config import TrainConfig  # noqa: E402
-from ldjax.train import compare, scoring, sharding, steps  # noqa: E402
+from ldjax.train import compare, scoring, steps  # noqa: E402
 from ldjax.train.decisions import DropState  # noqa: E402
 from ldjax.train.epoch import Trainer  # noqa: E402
 
@@ -131,7 +131,7 @@ def device_epoch(trainer: Trainer, cut: int, source_dev, epoch: int, bare: bool)
   gather = jax.jit(lambda s, i: s[i], out_shardings=p.batch)
   state = trainer.head_state(cut)
   scores = p.replicate(scoring.init(state.params))
-  batches = trainer.blocks.batches(trainer.cfg.seed, epoch, trainer.batch_size)
+  batches = trainer.blocks.batches(trainer.cfg.run.seed, epoch, trainer.batch_size)
   y_dev = p.put_batch(trainer.y_train[batches[0]])
   x0 = gather(source_dev, p.put_batch(batches[0].astype(np.int32)))
   jax.block_until_ready(x0)
@@ -156,8 +156,8 @@ def device_epoch(trainer: Trainer, cut: int, source_dev, epoch: int, bare: bool)
 def throughput(size: Size, device: bandwidth.Device | None, log) -> list[dict]:
   data = synthetic_cifar(size.n_train, size.batch)
   model = build_model("resnet18", data.image_shape, 10, width=size.width)
-  cfg = sharding.resolve(TrainConfig(model="resnet18", width=size.width, epochs=4, warmup=1,
-                                     batch_size=size.batch, lr=0.05, augment="flip,crop"))
+  cfg = TrainConfig(model="resnet18", width=size.width, epochs=4, warmup=1,
+                    batch_size=size.batch, lr=0.05, augment="flip,crop").resolved()
   trainer = Trainer(model, data, cfg, "drop", model.init(jax.random.key(0), data.image_shape),
                     None)
   names = ["(images)", *model.stage_names]

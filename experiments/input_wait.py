@@ -36,7 +36,7 @@ import repo_paths  # noqa: E402
 
 from ldjax import run as run_cli  # noqa: E402
 from ldjax.runs.workdir import RunDir  # noqa: E402
-from ldjax.train import compare, reader, sharding  # noqa: E402
+from ldjax.train import compare, reader  # noqa: E402
 from ldjax.train.fit import fit  # noqa: E402
 
 
@@ -75,12 +75,12 @@ def main(argv=None) -> int:
   parser.add_argument("ldjax_args", nargs="*", help="after --: python -m ldjax.run's flags")
   args = parser.parse_args(argv)
   run_args = run_cli.build_parser().parse_args(args.ldjax_args)
-  cfg = sharding.resolve(run_cli.config_from_args(run_args))
-  strategies = run_args.strategy.split(",")
+  cfg = run_cli.config_from_args(run_args).resolved()
+  strategies = run_cli.strategy_from_args(run_args).split(",")
   if len(strategies) != 1:
     parser.error("give one --strategy")
   data, model = compare.prepare(cfg, strategies)
-  variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+  variables = model.init(jax.random.key(cfg.run.seed), data.image_shape)
   runs = [one_run(model, data, cfg, strategies[0], variables, t, args.workdir)
           for t in (0, args.threads)]
   same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in

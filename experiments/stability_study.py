@@ -206,13 +206,13 @@ _DATA = {}
 def _setup(c: dict, **over):
   import jax
   import ldjax
-  from ldjax.runs.config import RECIPES
+  from ldjax.runs.config import recipe
   key = (c["data"], c["train_size"], c["test_size"])
   if key not in _DATA:
     _DATA[key] = ldjax.load_dataset(c["data"], train_size=c["train_size"],
                                     test_size=c["test_size"])
   data = _DATA[key]
-  settings = dict(RECIPES[c.get("recipe", "paper")])
+  settings = recipe(c.get("recipe", "paper"))
   settings |= dict(model=c["model"], width=c["width"], epochs=c["epochs"], warmup=c["warmup"],
                    lr=c["lr"], batch_size=c["batch_size"], seed=c["seed"],
                    eval_batch_size=256, eval_every=c["epochs"], augment="none")

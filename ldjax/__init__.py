@@ -9,13 +9,14 @@ The notebook API:
   ldjax.build_model      VGG / ResNet as explicit stage lists
   ldjax.StagedModel      build one from your own Flax stage modules
   ldjax.load_dataset     embedded, tfds, idx:DIR, npz:FILE
-  ldjax.TrainConfig      every setting of a run
+  ldjax.Config           every setting of a run, in groups (ldjax.runs.config);
+                         Config.from_file / TrainConfig(**flat) make one
   ldjax.fit              train one strategy: "sgd", "freeze" or "drop"
   ldjax.run_strategies   several strategies side by side, with a comparison table
   ldjax.compile_cache    JAX's persistent compilation cache (the command line's default)
   ldjax.Strategy         the three strategies, defined once
 
-The package layout, and the import rules it keeps, are in README.md ("Architecture").
+The package layout, and the import rules it keeps, are in docs/architecture.md.
 """
 
 from ldjax.data.datasets import Dataset, load_dataset
@@ -23,13 +24,14 @@ from ldjax.errors import Interrupted, TrainingDiverged, UsageError
 from ldjax.models.staged import StagedModel, apply_stages
 from ldjax.models.zoo import build_model
 from ldjax.runs import compile_cache
-from ldjax.runs.config import TrainConfig
+from ldjax.runs.config import Config, TrainConfig
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
 from ldjax.train import scoring
 from ldjax.train.compare import run_strategies
 from ldjax.train.fit import fit
 
-__all__ = ["compile_cache", "scoring", "run_strategies", "STRATEGIES", "Strategy", "TrainConfig",
+__all__ = ["compile_cache", "scoring", "run_strategies", "STRATEGIES", "Strategy", "Config",
+           "TrainConfig",
            "Dataset", "load_dataset", "UsageError", "TrainingDiverged", "Interrupted", "fit",
            "StagedModel", "apply_stages", "build_model"]
 __version__ = "0.1.0"

@@ -37,10 +37,10 @@ def test_multiplier_follows_the_head_cost_and_its_caps():
                                               (4, "sqrt", 2.0)])
 def test_strided_learning_rate_advances_k_base_steps(k, rule, factor):
   cfg = TrainConfig(lr=0.1, schedule="cosine", epochs=4, warmup=1, momentum=0.0)
-  schedule = optim.lr_schedule(cfg, 10)
+  schedule = optim.lr_schedule(cfg.optim, 10, 40)
   assert adaptive.lr_scale(k, rule) == factor
-  tx = optim.make_optimizer(cfg, 10, stride=k, lr_factor=factor)
-  base = optim.make_optimizer(cfg, 10)
+  tx = optim.make_optimizer(cfg.optim, 10, 40, stride=k, lr_factor=factor)
+  base = optim.make_optimizer(cfg.optim, 10, 40)
   params = {"w": jnp.ones(3)}
   state = tx.init(params)
   assert jax.tree.structure(state) == jax.tree.structure(base.init(params))
@@ -53,10 +53,10 @@ def test_strided_learning_rate_advances_k_base_steps(k, rule, factor):
 def test_k_one_is_optax_exactly():
   cfg = TrainConfig(lr=0.1, optimizer="nesterov", weight_decay=5e-4, schedule="cosine",
                     epochs=3, warmup=1)
-  schedule = optim.lr_schedule(cfg, 7)
+  schedule = optim.lr_schedule(cfg.optim, 7, 21)
   reference = optax.chain(optax.add_decayed_weights(5e-4, mask=optim.decay_mask),
                           optax.sgd(schedule, momentum=0.9, nesterov=True))
-  ours = optim.make_optimizer(cfg, 7)
+  ours = optim.make_optimizer(cfg.optim, 7, 21)
   params = {"k": jnp.linspace(-1, 1, 6).reshape(2, 3), "b": jnp.ones(3)}
   a, b = reference.init(params), ours.init(params)
   for i in range(4):
@@ -127,5 +127,5 @@ def test_bad_adaptive_flags_are_one_line(argv, flag, tmp_path, capsys):
 
 
 def test_config_refuses_a_cap_below_the_batch():
-  with pytest.raises(UsageError, match="--max-batch-size"):
-    TrainConfig(batch_size=128, adaptive_batch=True, max_batch_size=100).validate()
+  with pytest.raises(UsageError, match="adaptive.max_batch_size"):
+    TrainConfig(batch_size=128, adaptive_batch=True, max_batch_size=100)

@@ -1,4 +1,5 @@
-"""TrainConfig.validate refuses every bad numeric setting, in one line naming the flag."""
+"""A Config refuses every bad numeric setting when it is made, in one line naming the
+setting by its dotted path; the command line names the flag."""
 
 import math
 
@@ -6,21 +7,22 @@ import pytest
 
 from ldjax import run
 from ldjax.errors import UsageError
-from ldjax.runs.config import TrainConfig
+from ldjax.runs.config import FIELDS, TrainConfig
 
 NAN, INF = math.nan, math.inf
 
+# The dotted path each flat name's errors use.
 FLAGS = {
-    "width": "--width", "epochs": "--epochs", "warmup": "--warmup",
-    "batch_size": "--batch-size", "lr": "--lr", "lr_decay_epoch": "--lr-decay-epoch",
-    "lr_decay_factor": "lr_decay_factor", "momentum": "--momentum", "seed": "--seed",
-    "eval_batch_size": "--eval-batch-size", "eval_every": "--eval-every",
-    "feature_memory_gb": "--feature-memory-gb", "train_size": "--train-size",
-    "test_size": "--test-size", "weight_decay": "--weight-decay",
-    "warmup_lr_epochs": "--warmup-lr-epochs", "label_smoothing": "--label-smoothing",
-    "crop_pad": "--crop-pad", "val_size": "--val-size", "devices": "--devices",
-    "max_batch_size": "--max-batch-size", "data_shards": "--data-shards",
-    "crop_views": "--crop-views", "budget": "--budget",
+    "width": "model.width", "epochs": "run.epochs", "warmup": "drop.warmup",
+    "batch_size": "run.batch_size", "lr": "optim.lr", "lr_decay_epoch": "optim.lr_decay_epoch",
+    "lr_decay_factor": "optim.lr_decay_factor", "momentum": "optim.momentum",
+    "seed": "run.seed", "eval_batch_size": "eval.batch_size", "eval_every": "eval.every",
+    "feature_memory_gb": "store.memory_gb", "train_size": "data.train_size",
+    "test_size": "data.test_size", "weight_decay": "optim.weight_decay",
+    "warmup_lr_epochs": "optim.warmup_lr_epochs", "label_smoothing": "optim.label_smoothing",
+    "crop_pad": "augment.crop_pad", "val_size": "data.val_size", "devices": "run.devices",
+    "max_batch_size": "adaptive.max_batch_size", "data_shards": "data.shards",
+    "crop_views": "augment.crop_views", "budget": "budget.reference_epochs",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -51,8 +53,8 @@ BAD = {
     "budget": (*NON_FINITE, 0.0, 0, -1, 0.5, True, "4"),   # under one reference epoch too
 }
 # folder:DIR settings (ldjax.data.folder)
-FLAGS |= {"image_size": "--image-size", "channels": "--channels",
-          "test_fraction": "--test-fraction"}
+FLAGS |= {"image_size": "folder.image_size", "channels": "folder.channels",
+          "test_fraction": "folder.test_fraction"}
 BAD |= {"image_size": ((0, 8), (8,), (8, 8, 3), (-1, 8), (8.0, 8), (True, 8), "28", 28),
         "channels": (0, 2, 4, 3.0, True, "3"),
         "test_fraction": (*NON_FINITE, 0, 0.0, 1, 1.0, -0.1, True)}
@@ -60,14 +62,13 @@ CASES = [(field, value) for field, values in BAD.items() for value in values]
 
 
 def test_every_numeric_field_is_covered():
-  numeric = {f for f, t in TrainConfig.__annotations__.items()
-             if "int" in str(t) or "float" in str(t)}
+  numeric = {f.flat for f in FIELDS if f.type in (int, float, tuple)}
   assert numeric == set(BAD) == set(FLAGS)
 
 
 def test_default_config_validates():
-  TrainConfig().validate()
-  TrainConfig().validate(num_train=10_000)
+  TrainConfig()
+  TrainConfig().check_data(num_train=10_000)
 
 
 @pytest.mark.parametrize("field,value", [
@@ -79,13 +80,13 @@ def test_default_config_validates():
     ("label_smoothing", 0.99), ("warmup_lr_epochs", 59), ("crop_views", 1), ("budget", 1),
     ("budget", 7.5), ("crop_views", None), ("budget", None)])
 def test_valid_values_pass(field, value):
-  TrainConfig(**{field: value}).validate()
+  TrainConfig(**{field: value})
 
 
 @pytest.mark.parametrize("field,value", CASES, ids=[f"{f}={v!r}" for f, v in CASES])
 def test_bad_value_is_refused(field, value):
   with pytest.raises(UsageError) as info:
-    TrainConfig(**{field: value}).validate()
+    TrainConfig(**{field: value})
   message = str(info.value)
   assert "\n" not in message
   assert message.startswith(FLAGS[field] + " must be"), message
@@ -93,28 +94,29 @@ def test_bad_value_is_refused(field, value):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("optimizer", "adam", "unknown --optimizer 'adam'; choose from sgd, nesterov, adamw"),
-    ("schedule", "linear", "unknown --schedule 'linear'"),
-    ("schedule", "step", "--schedule step needs --lr-decay-epoch"),
-    ("augment", "rotate", "unknown --augment 'rotate'; choose from none, flip, crop, flip,crop"),
+    ("optimizer", "adam", "unknown optim.optimizer 'adam'; choose from sgd, nesterov, adamw"),
+    ("schedule", "linear", "unknown optim.schedule 'linear'"),
+    ("schedule", "step", "optim.schedule step needs optim.lr_decay_epoch"),
+    ("augment", "rotate", "unknown augment.ops 'rotate'; choose from none, flip, crop, "
+                          "flip,crop"),
 ])
 def test_bad_names_are_refused(field, value, match):
   with pytest.raises(UsageError, match=match):
-    TrainConfig(**{field: value}).validate()
+    TrainConfig(**{field: value})
 
 
 def test_lr_decay_epoch_only_with_the_step_schedule():
-  TrainConfig(lr_decay_epoch=20).validate()                    # step, implied
-  TrainConfig(lr_decay_epoch=20, schedule="step").validate()
-  assert TrainConfig(lr_decay_epoch=20).schedule_name == "step"
-  assert TrainConfig().schedule_name == "constant"
-  with pytest.raises(UsageError, match="only applies to --schedule step, not cosine"):
-    TrainConfig(lr_decay_epoch=20, schedule="cosine").validate()
+  TrainConfig(lr_decay_epoch=20)                    # step, implied
+  TrainConfig(lr_decay_epoch=20, schedule="step")
+  assert TrainConfig(lr_decay_epoch=20).optim.schedule_name == "step"
+  assert TrainConfig().optim.schedule_name == "constant"
+  with pytest.raises(UsageError, match="only applies to optim.schedule step, not cosine"):
+    TrainConfig(lr_decay_epoch=20, schedule="cosine")
 
 
 def test_batch_larger_than_training_set():
-  with pytest.raises(UsageError, match="--batch-size 256 is larger than the training set"):
-    TrainConfig(batch_size=256).validate(num_train=100)
+  with pytest.raises(UsageError, match="run.batch_size 256 is larger than the training set"):
+    TrainConfig(batch_size=256).check_data(num_train=100)
 
 
 @pytest.mark.parametrize("argv,flag", [
@@ -160,6 +162,6 @@ def test_cli_refuses_bad_numbers_before_writing(argv, flag, tmp_path, capsys):
 
 
 def test_data_shards_must_divide_the_batch():
-  TrainConfig(data_shards=4, batch_size=256).validate()
-  with pytest.raises(UsageError, match="--batch-size 256 does not divide by --data-shards 3"):
-    TrainConfig(data_shards=3, batch_size=256).validate()
+  TrainConfig(data_shards=4, batch_size=256)
+  with pytest.raises(UsageError, match="run.batch_size 256 does not divide by data.shards 3"):
+    TrainConfig(data_shards=3, batch_size=256)

@@ -2,7 +2,6 @@
 fills the store, shows its progress, and leaves the drop state stored; a failed store
 leaves the stages frozen. The whole-run behaviour is in test_fit.py."""
 
-import dataclasses
 
 import jax
 import numpy as np
@@ -41,7 +40,7 @@ def test_pending_drop_fills_the_store_showing_images_out_of_n(setup, tiny_data):
   bar = Bar()
   out = trainer.run_epoch(1, bar)
   n = len(tiny_data.x_train)
-  done = list(range(0, n, cfg.batch_size))
+  done = list(range(0, n, cfg.run.batch_size))
   assert bar.postfix == [f"storing the outputs of stages 0-1: {d}/{n} images" for d in done]
   assert bar.updates == trainer.steps_per_epoch
   assert out["extracted"] == (0, 2) and out["store"]["stage_range"] == [0, 2]
@@ -57,7 +56,7 @@ def test_pending_drop_fills_the_store_showing_images_out_of_n(setup, tiny_data):
 
 def test_a_store_that_cannot_be_made_leaves_the_stages_frozen(setup, tiny_data):
   model, cfg, variables = setup
-  cfg = dataclasses.replace(cfg, feature_memory_gb=0.0)   # no room, no work directory
+  cfg = cfg.replace(feature_memory_gb=0.0)   # no room, no work directory
   trainer = loop.Trainer(model, tiny_data, cfg, "drop", variables, None)
   trainer.drop = DropState(cut=2, pending=(0, 2))
   with pytest.warns(UserWarning, match="frozen"):

@@ -180,7 +180,7 @@ def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
   # After each of the run's drops, the head on cached test features (extended
   # from the previous cache) evaluates like the whole model; without room for
   # them the whole model runs.
-  cfg = dataclasses.replace(resnet.cfg, feature_memory_gb=budget_gb)
+  cfg = resnet.cfg.replace(feature_memory_gb=budget_gb)
   variables = resnet.summary["drop"]["variables"]
   trainer = loop.Trainer(resnet.model, tiny_data, cfg, "drop", variables, None)
   full = trainer.evaluate()
@@ -200,7 +200,7 @@ def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
 def test_eval_every_skips_only_test_metrics(vgg, tiny_data, tmp_path):
   # Evaluating every 2nd epoch (and after the last, the 3rd) changes the skipped
   # epochs' test metrics (None) and nothing else; the figures leave them out.
-  cfg = dataclasses.replace(vgg.cfg, eval_every=2)
+  cfg = vgg.cfg.replace(eval_every=2)
   run_dir = RunDir(tmp_path / "drop")
   run_dir.write_config(cfg, strategy="drop", model_name=vgg.model.name,
                        stage_names=list(vgg.model.stage_names), num_train=len(tiny_data.x_train))
@@ -272,7 +272,7 @@ def test_traces_once_per_decision(request, arch, strategy):
   # Drop also extracts the test set's features once per drop and compiles an
   # evaluation of the head on them, when they fit in --feature-memory-gb (not
   # in the ResNet run: its budget is 0).
-  test_cache = strategy == "drop" and runs.cfg.feature_memory_gb > 0
+  test_cache = strategy == "drop" and runs.cfg.store.memory_gb > 0
   assert traces.get("extract_features", 0) == (
       (2 if test_cache else 1) * events if strategy == "drop" else 0)
   assert traces["eval_step"] == 1 + (events if test_cache else 0)

@@ -54,11 +54,11 @@ def test_command_gives_the_papers_config(row_id):
   expected = dict(PROTOCOL[row["dataset"]], model=row["model"], width=1.0, batch_norm=True,
                   batch_size=256, lr_decay_factor=0.1, data_dir="/data/tfds",
                   train_size=None, test_size=None)
-  assert {k: getattr(cfg, k) for k in expected} == expected
+  flat = cfg.flat()
+  assert {k: flat[k] for k in expected} == expected
   assert Strategy.parse_list(args.strategy) == ["sgd", "freeze", "drop"]
   assert args.workdir == "/tmp/w"
-  cfg.validate()
-  cfg.validate_strategies(["sgd", "freeze", "drop"])
+  cfg.check_strategies(["sgd", "freeze", "drop"])
   # The dry run builds its config the same way and finds no difference.
   cfg2, _ = dry_run.config_for_row(row)
   assert dry_run.config_mismatches(cfg2, row) == []
@@ -69,7 +69,7 @@ def test_ldjax_preset_agrees_with_the_protocol(dataset):
   # Without any flag, `python -m ldjax.run --dataset D` already follows the paper.
   p = PROTOCOL[dataset]
   cfg = run.config_from_args(run.build_parser().parse_args(["--dataset", p["dataset"]]))
-  assert (cfg.epochs, cfg.warmup, cfg.lr, cfg.lr_decay_epoch, cfg.batch_size) == (
+  assert (cfg.run.epochs, cfg.drop.warmup, cfg.optim.lr, cfg.optim.lr_decay_epoch, cfg.run.batch_size) == (
       p["epochs"], p["warmup"], p["lr"], p["lr_decay_epoch"], 256)
 
 

@@ -254,7 +254,8 @@ def cli_job(job):
 
 def checkpoint_job(job):
   cfg = TrainConfig(**job["cfg"])
-  tx = optim.make_optimizer(cfg, len(DATA.x_train) // cfg.batch_size)
+  spe = len(DATA.x_train) // cfg.run.batch_size
+  tx = optim.make_optimizer(cfg.optim, spe, cfg.run.epochs * spe)
   like = {"variables": VARIABLES,
           "opt_states": [tx.init(v.get("params", {})) for v in VARIABLES]}
   ckpt = Checkpointer(Path(job["workdir"]) / "checkpoints")

@@ -362,10 +362,15 @@ def test_decide_takes_the_cut_rule():
   assert scoring.decide(scores, [], "max-prefix").n_star == scoring.find_cut_max_prefix(std) == 3
 
 
-def test_config_names_every_cut_rule():
-  """runs.config lists the rules by name (scoring stays pure: it imports nothing of ldjax)."""
-  from ldjax.runs.config import CUT_RULES
-  assert tuple(scoring.CUT_RULES) == CUT_RULES
+def test_the_settings_accept_exactly_the_cut_rules():
+  """The drop settings take their choices from scoring (which stays pure: it imports
+  nothing of ldjax), so the two cannot differ."""
+  from ldjax.errors import UsageError
+  from ldjax.train.decisions import DropSettings
+  for rule in scoring.CUT_RULES:
+    assert DropSettings(cut_rule=rule).cut_rule == rule
+  with pytest.raises(UsageError, match="unknown drop.cut_rule 'first'"):
+    DropSettings(cut_rule="first")
 
 
 # --- decide_stable: the "stable" rule (issue #28, item 3) ---------------------------------

@@ -144,8 +144,7 @@ try:
             on_epoch=done.append, should_stop=lambda: len(done) >= 3)
 except Interrupted:
   pass
-import dataclasses
-s = ldjax.fit(model, data, dataclasses.replace(cfg, devices=2), "drop", variables=v0,
+s = ldjax.fit(model, data, cfg.replace(devices=2), "drop", variables=v0,
               run_dir=run_dir, resume=True, progress=False)
 out["resumed"] = {k: s[k] for k in ("drop_events", "final_cut", "param_l2", "test_accuracy",
                                     "devices")} | {"stopped_after": len(done)}

@@ -39,6 +39,7 @@ import dataclasses
 
 import numpy as np
 
+from ldjax import settings
 from ldjax.errors import UsageError
 
 NAMES = ("none", "flip", "crop", "flip,crop")
@@ -55,6 +56,39 @@ def default_crop_pad(image_shape) -> int:
   return {28: 2, 32: 4}.get(side, max(1, round(side / 8)))
 
 
+@settings.group("augment", "augmentation and how a store serves it")
+class AugmentSettings:
+  """Training augmentation (`Augment`), and how a feature store serves crop after a drop."""
+  ops: str = settings.setting(
+      "none", "training augmentation: none, flip (horizontal), crop (pad, crop back), flip,crop "
+      "(default: flip,crop for cifar10 and imagenette, none for the others)", flat="augment",
+      metavar="NAME", common=True)
+  crop_pad: int | None = settings.setting(
+      None, "pixels of zero padding of the crop (default 4 at 32x32, 2 at 28x28)", metavar="P")
+  crop_store: str = settings.setting(
+      "views", "how a feature store serves --augment crop after a drop: views (exact: each "
+      "image has --crop-views fixed views, a crop and a flip each, stored once; Freeze and "
+      "Drop pick one per epoch; default) or window (approximate: a window of the padded "
+      "image's stored map, offset rounded to the map's stride)", metavar="HOW")
+  crop_views: int | None = settings.setting(
+      None, f"exact views per image with --crop-store views (default {DEFAULT_CROP_VIEWS}); "
+      "the store holds K maps per image", metavar="K")
+
+  def check(self):
+    settings.check_choice(self.ops, "augment.ops", NAMES)
+    if self.crop_pad is not None:
+      settings.check_int(self.crop_pad, "augment.crop_pad", "an integer > 0 (or unset)",
+                         lambda v: v > 0)
+    settings.check_choice(self.crop_store, "augment.crop_store", CROP_STORES)
+    if self.crop_views is not None:
+      settings.check_int(self.crop_views, "augment.crop_views",
+                         f"an integer >= 1 (or unset for {DEFAULT_CROP_VIEWS})", lambda v: v >= 1)
+
+  def for_images(self, image_shape) -> Augment:
+    """The augmentation of images of `image_shape`; UsageError if it cannot apply."""
+    return Augment.parse(self.ops, self.crop_pad, image_shape, self.crop_store, self.crop_views)
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """Which augmentations apply (`flip`, and `crop` when `pad` > 0), and how a store
@@ -69,19 +103,19 @@ class Augment:
     """From `--augment`, `--crop-pad` (None: `default_crop_pad`), `--crop-store` and
     `--crop-views` (None: `DEFAULT_CROP_VIEWS`); UsageError if bad."""
     if name not in NAMES:
-      raise UsageError(f"unknown --augment {name!r}; choose from {', '.join(NAMES)}")
+      raise UsageError(f"unknown augment.ops {name!r}; choose from {', '.join(NAMES)}")
     if store not in CROP_STORES:
-      raise UsageError(f"unknown --crop-store {store!r}; choose from {', '.join(CROP_STORES)}")
+      raise UsageError(f"unknown augment.crop_store {store!r}; choose from {', '.join(CROP_STORES)}")
     views = DEFAULT_CROP_VIEWS if views is None else views
     if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-      raise UsageError(f"--crop-views must be an integer >= 1, got {views!r}")
+      raise UsageError(f"augment.crop_views must be an integer >= 1, got {views!r}")
     crop = "crop" in name
     if not crop:
       return cls(flip="flip" in name)
     pad = default_crop_pad(image_shape) if pad is None else pad
     side = min(image_shape[:2])
     if not 1 <= pad < side:
-      raise UsageError(f"--crop-pad must be an integer in [1, {side - 1}] for "
+      raise UsageError(f"augment.crop_pad must be an integer in [1, {side - 1}] for "
                        f"{side}x{side} images, got {pad}")
     return cls(flip="flip" in name, pad=pad, crop_views=views if store == "views" else 0)
 

@@ -47,7 +47,7 @@ def shard_count(requested: int | None) -> int:
 def check_batch_split(batch: int, shards: int) -> None:
   """UsageError unless a batch of `batch` splits into `shards` equal parts."""
   if batch % shards:
-    raise UsageError(f"--batch-size {batch} does not divide by --data-shards "
+    raise UsageError(f"run.batch_size {batch} does not divide by data.shards "
                      f"{shards}; use a multiple of {shards}")
 
 
@@ -80,12 +80,12 @@ class Blocks:
   def __post_init__(self):
     if isinstance(self.shards, bool) or not isinstance(self.shards, (int, np.integer)) \
         or self.shards < 1:
-      raise UsageError(f"--data-shards must be an integer > 0 (or unset), got {self.shards!r}")
+      raise UsageError(f"data.shards must be an integer > 0 (or unset), got {self.shards!r}")
     if self.shards % self.processes:
-      raise UsageError(f"--data-shards {self.shards} does not divide by the {self.processes} "
+      raise UsageError(f"data.shards {self.shards} does not divide by the {self.processes} "
                        f"processes; use a multiple of {self.processes}")
     if self.n < self.shards:
-      raise UsageError(f"--data-shards {self.shards} is more than the {self.n} training "
+      raise UsageError(f"data.shards {self.shards} is more than the {self.n} training "
                        "examples")
 
   @property
@@ -115,7 +115,7 @@ class Blocks:
     """UsageError unless a batch of `batch` splits into one part per block."""
     check_batch_split(batch, self.shards)
     if batch // self.shards > self.size:
-      raise UsageError(f"--batch-size {batch} needs {batch // self.shards} examples from "
+      raise UsageError(f"run.batch_size {batch} needs {batch // self.shards} examples from "
                        f"each of the {self.shards} data shards, which hold {self.size}; use "
                        "a smaller batch or fewer shards")
 

@@ -33,6 +33,7 @@ import numpy as np
 from ldjax.data import folder as image_folder
 from ldjax.data import idx
 from ldjax.data.stats import channel_stats
+from ldjax import settings
 from ldjax.errors import UsageError
 
 KNOWN_TFDS = ("mnist", "fashion_mnist", "cifar10", "imagenette/160px-v2")
@@ -194,7 +195,7 @@ VAL_SEED = 1   # the held-out images do not depend on --seed: every seed validat
 def check_val_size(size: int, num_train: int) -> None:
   """UsageError unless holding `size` of `num_train` training examples out leaves some."""
   if not 0 < size < num_train:
-    raise UsageError(f"--val-size {size} leaves no training data ({num_train} training "
+    raise UsageError(f"data.val_size {size} leaves no training data ({num_train} training "
                      f"examples); use a value in [1, {num_train - 1}]")
 
 
@@ -354,3 +355,41 @@ def _as_integers(a: np.ndarray, key: str, source: str, dtype, top: int):
     raise UsageError(f"{key} of {source} has values {a.min()}..{a.max()}; "
                      f"they must lie in 0..{top}")
   return a.astype(dtype, copy=False)
+
+
+@settings.group("data", "the data")
+class DataSettings:
+  """Which dataset, which part of it, and how the training set is split over processes."""
+  name: str = settings.setting(
+      "embedded", "'embedded' (Fashion-MNIST subset shipped with ldjax), a TFDS name (mnist, "
+      "fashion_mnist, cifar10, imagenette/160px-v2), 'idx:DIR', 'npz:FILE' or 'folder:DIR' "
+      "(your images, one subfolder per class: DIR/<class>/... or DIR/train/<class>/... and "
+      "DIR/test/<class>/...; see --image-size)", flat="dataset", common=True)
+  dir: str | None = settings.setting(
+      None, "TFDS data directory (default: TFDS's own)", flat="data_dir")
+  train_size: int | None = settings.setting(
+      None, "use a deterministic subset of N training images", metavar="N", common=True, resumable=True)
+  test_size: int | None = settings.setting(
+      None, "use a deterministic subset of N test images", metavar="N", common=True, resumable=True)
+  val_size: int | None = settings.setting(
+      None, "hold N training images out (a fixed choice, the same for every seed) as a "
+      "validation split: evaluated every --eval-every epochs and logged as val_accuracy "
+      "(what the figures use); the test set is then evaluated after the last epoch only",
+      metavar="N", common=True)
+  shards: int | None = settings.setting(
+      None, "split the training set into N contiguous blocks: each epoch shuffles within "
+      "blocks and every batch takes batch/N examples from each, so that each process reads "
+      "and stores only its own blocks (default: one per process; give a run of fewer "
+      "processes the same N to reproduce a run of N processes)", flat="data_shards",
+      metavar="N")
+
+  def check(self):
+    settings.check_text(self.name, "data.name", optional=False)
+    settings.check_text(self.dir, "data.dir")
+    for name in ("train_size", "test_size", "val_size"):
+      value = getattr(self, name)
+      if value is not None:
+        settings.check_int(value, f"data.{name}", "an integer > 0 (or unset)", lambda v: v > 0)
+    if self.shards is not None:
+      settings.check_int(self.shards, "data.shards", "an integer > 0 (or unset)",
+                         lambda v: v > 0)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldjax import settings
 from ldjax.data import image_cache, images
 from ldjax.errors import UsageError
 
@@ -48,14 +49,51 @@ SPLIT_DIRS = ("train", "test", "val")
 ORDER_SEED = 0   # the training rows' fixed order: classes mixed in every contiguous block
 
 
-@dataclasses.dataclass(frozen=True)
+@settings.group("folder", "folder:DIR data")
 class FolderOptions:
   """The settings a folder's arrays depend on (part of the cache key), and the cache."""
-  image_size: tuple[int, int] | None = None   # (H, W); None: from the images
-  channels: int | None = None                 # 1 or 3; None: 3 unless every image is grey
-  test_fraction: float | None = None          # None: DEFAULT_TEST_FRACTION where it applies
-  skip_bad_images: bool = False
-  cache_dir: str | None = None                # None: image_cache.cache_root's default
+  image_size: tuple[int, int] | None = settings.setting(
+      None, "folder: bring every image to H x W (S: S x S): scaled to cover it, aspect kept, "
+      "and centre-cropped, as torchvision's Resize + CenterCrop (predict does the same); an "
+      "image that would be enlarged more than 2x is refused (default: the training images' "
+      "median shorter side rounded to a multiple of 4, at most 224 and at most twice the "
+      "smallest side)", metavar="S|H,W", parse=lambda text: parse_image_size(text), resumable=True)
+  channels: int | None = settings.setting(
+      None, "folder: 1 (grey) or 3 (RGB) channels (default: 3 unless every image is grey)",
+      resumable=True)
+  test_fraction: float | None = settings.setting(
+      None, "folder without test/ or val/: hold this fraction of each class out as the test "
+      f"set, a fixed choice by file name (default: {DEFAULT_TEST_FRACTION})", metavar="F",
+      resumable=True)
+  skip_bad_images: bool = settings.setting(
+      False, "folder: leave out images that cannot be decoded or are too small, and count "
+      "them, instead of stopping with an error naming the first", resumable=True)
+  cache_dir: str | None = settings.setting(
+      None, "folder: where the decoded images are kept as memory-mapped .npy files, decoded "
+      "again only when the folder's files or these settings change (default: "
+      f"${image_cache.ENV}, else ~/.cache/ldjax/images)", flat="image_cache", metavar="DIR",
+      resumable=True)
+
+  def check(self):
+    size = self.image_size
+    if isinstance(size, list):   # from a JSON or TOML file
+      object.__setattr__(self, "image_size", size := tuple(size))
+    if size is not None and not (isinstance(size, tuple) and len(size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+      raise UsageError(f"folder.image_size must be two integers > 0 (H, W), got {size!r}")
+    if self.channels is not None:
+      settings.check_int(self.channels, "folder.channels", "1 or 3", lambda v: v in (1, 3))
+    if self.test_fraction is not None:
+      settings.check_float(self.test_fraction, "folder.test_fraction", "a number in (0, 1)",
+                           lambda v: 0 < v < 1)
+    settings.check_bool(self.skip_bad_images, "folder.skip_bad_images")
+    settings.check_text(self.cache_dir, "folder.cache_dir")
+
+  @property
+  def given(self) -> list[str]:
+    """The dotted names of the settings that differ from their defaults."""
+    return [f"folder.{f.name}" for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +128,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
   if len(parts) == 1:
     parts *= 2
   if len(parts) != 2 or min(parts) < 1:
-    raise UsageError(f"--image-size {text!r} must be S or H,W with positive sizes, e.g. 64 "
+    raise UsageError(f"folder.image_size {text!r} must be S or H,W with positive sizes, e.g. 64 "
                      "or 96,128")
   return parts[0], parts[1]
 
@@ -189,7 +227,7 @@ def scan(directory: str | os.PathLike, test_fraction: float | None = None) -> Li
                      "folder of class subfolders")
   if test_fraction is not None and not (isinstance(test_fraction, (int, float))
                                         and 0 < test_fraction < 1):
-    raise UsageError(f"--test-fraction must be a number in (0, 1), got {test_fraction!r}")
+    raise UsageError(f"folder.test_fraction must be a number in (0, 1), got {test_fraction!r}")
   splits = {}
   ignored = 0
   if (root / "train").is_dir():
@@ -197,8 +235,8 @@ def scan(directory: str | os.PathLike, test_fraction: float | None = None) -> Li
     ignored += sum(1 for e in os.scandir(root) if e.is_file())
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if test_dir is not None and test_fraction is not None:
-      raise UsageError(f"--test-fraction splits a folder without a test set, but {test_dir} "
-                       "is one; drop --test-fraction")
+      raise UsageError(f"folder.test_fraction splits a folder without a test set, but {test_dir} "
+                       "is one; drop folder.test_fraction")
     if test_dir is not None:
       splits["test"], n = _read_classes(test_dir, root)
       ignored += n
@@ -266,10 +304,10 @@ def _bad(path: Path, error: Exception, skip: bool, skipped: list) -> None:
     skipped.append((path, error))
     return
   if isinstance(error, images.TooSmall):
-    raise UsageError(f"image {path} {error}; give a smaller --image-size, or "
-                     "--skip-bad-images to leave such images out")
+    raise UsageError(f"image {path} {error}; give a smaller folder.image_size, or "
+                     "folder.skip_bad_images to leave such images out")
   raise UsageError(f"image {path} cannot be read ({error}); replace or delete it, or pass "
-                   "--skip-bad-images to leave unreadable images out")
+                   "folder.skip_bad_images to leave unreadable images out")
 
 
 def load_folder(directory: str | os.PathLike, options: FolderOptions = FolderOptions(), *,
@@ -278,7 +316,7 @@ def load_folder(directory: str | os.PathLike, options: FolderOptions = FolderOpt
   """A folder's splits, decoded (or read from the cache); see the module doc."""
   log = log or (lambda _: None)
   if options.channels not in (None, 1, 3):
-    raise UsageError(f"--channels must be 1 or 3, got {options.channels!r}")
+    raise UsageError(f"folder.channels must be 1 or 3, got {options.channels!r}")
   t0 = time.perf_counter()
   listing = scan(directory, options.test_fraction)
   root = listing.root

@@ -146,7 +146,7 @@ def check_writable(root: Path) -> None:
     writable.probe(root)
   except OSError as e:
     raise UsageError(f"cannot write the image cache {str(root)!r} ({e.strerror or e}); "
-                     f"choose another with --image-cache (or ${ENV})") from None
+                     f"choose another with folder.cache_dir (or ${ENV})") from None
 
 
 def remove_stale(root: Path, keep_prefix: str, keep: str) -> None:
@@ -229,7 +229,7 @@ def fill(root: Path, name: str, request: Request, meta: dict, *, progress: bool,
   free = shutil.disk_usage(root).free
   if total > free:
     raise UsageError(f"the image cache needs {total / 1e9:.2f} GB, {str(root)!r} has "
-                     f"{free / 1e9:.2f} GB free; free space or choose another --image-cache")
+                     f"{free / 1e9:.2f} GB free; free space or choose another folder.cache_dir")
   bar = progress_bar(sum(len(f) for f in request.files.values()), "decoding", progress)
   try:
     partial.mkdir()
@@ -282,7 +282,7 @@ def fill(root: Path, name: str, request: Request, meta: dict, *, progress: bool,
   entry = open_entry(root, name)
   if entry is None:
     raise UsageError(f"the image cache entry {root / name} could not be read back; "
-                     "choose another --image-cache")
+                     "choose another folder.cache_dir")
   return entry
 
 

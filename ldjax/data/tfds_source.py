@@ -97,7 +97,7 @@ def _diagnose(name: str, data_dir: str) -> UsageError | None:
     return UsageError(
         f"dataset {name!r} in {builder.data_dir} was prepared as {found}, "
         "which needs TensorFlow to read; delete that directory (or pick "
-        f"another --data-dir) and {prepare_hint(name, data_dir)}")
+        f"another data.dir) and {prepare_hint(name, data_dir)}")
   return None
 
 

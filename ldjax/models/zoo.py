@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+from ldjax import settings
 from ldjax.errors import UsageError
 from ldjax.models.layers import (BasicBlock, BottleneckBlock, DenseStage, PoolClassifier,
                                  ResNetStem, VGGConvStage, small_dense_init, vgg_dense_init)
@@ -100,14 +101,14 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *,
   key = name.lower().replace("-", "")
   if key.endswith("_bn") and key[:-3] in VGG_CONFIGS:
     if not batch_norm:
-      raise UsageError(f"{name} has BatchNorm by name; drop the _bn suffix or --no-batch-norm")
+      raise UsageError(f"{name} has BatchNorm by name; drop the _bn suffix or model.batch_norm")
     key = key[:-3]
   if key not in MODEL_NAMES:
     raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
   if len(input_shape) != 3 or min(input_shape) <= 0:
     raise UsageError(f"input shape must be H,W,C with positive sizes, got {tuple(input_shape)}")
   if not (math.isfinite(width) and width > 0):
-    raise UsageError(f"--width must be a finite number > 0, got {width}")
+    raise UsageError(f"model.width must be a finite number > 0, got {width}")
   if num_classes < 2:
     raise UsageError(f"need at least 2 classes, got {num_classes}")
   h, w = input_shape[:2]
@@ -116,7 +117,30 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *,
   if key in VGG_CONFIGS:
     return vgg(key, input_shape, num_classes, width=width, batch_norm=batch_norm)
   if not batch_norm:
-    raise UsageError("--no-batch-norm applies to VGG models only")
+    raise UsageError("model.batch_norm applies to VGG models only")
   return resnet(key, input_shape, num_classes, width=width)
 
 
+
+
+PRECISIONS = ("float32", "bfloat16")   # of convolutions and dense layers (ldjax.train.precision)
+
+
+@settings.group("model", "the model")
+class ModelSettings:
+  """Which network, how wide, at which compute precision."""
+  name: str = settings.setting(
+      "vgg11", f"one of {', '.join(MODEL_NAMES)}", flat="model", common=True)
+  width: float = settings.setting(1.0, "channel width multiplier", common=True)
+  batch_norm: bool = settings.setting(
+      True, "VGG without BatchNorm (the paper advises BN)", flag="--no-batch-norm",
+      negate=True)
+  precision: str = settings.setting(
+      "float32", "of convolutions and dense layers: float32 or bfloat16 (weights, "
+      "optimizer state, BatchNorm statistics, gradients and scores stay float32)")
+
+  def check(self):
+    settings.check_choice(self.name, "model.name", MODEL_NAMES)
+    settings.check_float(self.width, "model.width", "a finite number > 0", lambda v: v > 0)
+    settings.check_bool(self.batch_norm, "model.batch_norm")
+    settings.check_choice(self.precision, "model.precision", PRECISIONS)

@@ -9,7 +9,6 @@ reader never sees half a file.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import subprocess
@@ -69,7 +68,8 @@ class RunDir:
 
   @_if_writer
   def write_config(self, config, **extra) -> None:
-    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    """config.json: the settings by flat name (`Config.flat`, or a dict) and `extra`."""
+    cfg = config.flat() if hasattr(config, "flat") else dict(config)
     write_json_atomic(self.path / "config.json", cfg | extra | {"git_revision": git_revision()})
 
   @_if_writer

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldjax import settings
 from ldjax.data.batching import pad_rows
 from ldjax.errors import DISK_FULL, UsageError
 from ldjax.store.features import (FeatureStore, StoreError, open_store,
@@ -38,6 +39,31 @@ from ldjax.store.features import (FeatureStore, StoreError, open_store,
 OnBatch = Callable[[int, int], None]
 # A padded batch of the source -> the new stages' output for it.
 Extract = Callable[[np.ndarray], object]
+
+
+STORE_DTYPES = ("float32", "bfloat16")
+
+
+@settings.group("store", "the feature store")
+class StoreSettings:
+  """The dtype of the stored maps, and how much of them stays in host memory."""
+  dtype: str = settings.setting(
+      "float32", "dtype of the cached feature maps (float32; bfloat16 halves their bytes)",
+      flat="feature_dtype")
+  memory_gb: float = settings.setting(
+      4.0, "feature stores up to this many GB (4) stay in host memory; larger ones are "
+      "memory-mapped .npy files in the work directory. Drop also caches the dropped stages' "
+      "test-set outputs (float32) within what an in-memory store leaves; without room it "
+      "evaluates the whole model", flat="feature_memory_gb", resumable=True)
+
+  def check(self):
+    settings.check_choice(self.dtype, "store.dtype", STORE_DTYPES)
+    settings.check_float(self.memory_gb, "store.memory_gb", "a finite number >= 0",
+                         lambda v: v >= 0)
+
+  @property
+  def memory_bytes(self) -> int:
+    return int(self.memory_gb * (1 << 30))
 
 
 class StoreKeeper:
@@ -187,7 +213,7 @@ class StoreKeeper:
       store = self.fill(store, extract, images.__getitem__, batch_size, on_batch)
     if store is None:
       raise UsageError(f"the feature store of stages 0-{stop - 1} cannot be written; "
-                       "raise --feature-memory-gb or free disk space")
+                       "raise store.memory_gb or free disk space")
     self.replace(store)
     return time.perf_counter() - t0
 

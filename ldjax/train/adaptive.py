@@ -34,12 +34,40 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ldjax import settings
+from ldjax.errors import UsageError
 from ldjax.models import costs
-from ldjax.runs.config import ADAPTIVE_LR_RULES as LR_RULES
 
-__all__ = ["LR_RULES", "multiplier", "lr_scale", "fits_memory"]
+__all__ = ["LR_RULES", "AdaptiveSettings", "multiplier", "lr_scale", "fits_memory"]
+LR_RULES = ("linear", "sqrt")
 DEFAULT_CAP = 8   # --max-batch-size defaults to this many times --batch-size
 MEMORY_FRACTION = 0.9
+
+
+@settings.group("adaptive", "a head batch that grows after a drop")
+class AdaptiveSettings:
+  """Whether and how far the head's batch grows after a drop, and how its lr scales."""
+  enabled: bool = settings.setting(
+      False, "after a drop, grow the batch in proportion to how much cheaper the head's "
+      "training step is per example (k = whole model's / head's training MACs, an integer), "
+      "capped by --max-batch-size and the device's memory; the lr scales by --adaptive-lr; "
+      "Freeze uses Drop's batch; metrics.jsonl records it per epoch", flat="adaptive_batch")
+  max_batch_size: int | None = settings.setting(
+      None, "with --adaptive-batch: the largest batch (default: 8 x --batch-size)",
+      metavar="N")
+  lr_rule: str = settings.setting(
+      "linear", "with --adaptive-batch: how the lr scales with the batch's multiplier k: "
+      "linear (k x lr, default) or sqrt (sqrt(k) x lr)", flat="adaptive_lr", metavar="RULE")
+
+  def check(self):
+    settings.check_bool(self.enabled, "adaptive.enabled")
+    settings.check_choice(self.lr_rule, "adaptive.lr_rule", LR_RULES)
+    if self.lr_rule != "linear" and not self.enabled:
+      raise UsageError("adaptive.lr_rule applies to adaptive.enabled; enable it or drop the "
+                       "setting")
+    if self.max_batch_size is not None:   # and >= run.batch_size: `Config`
+      settings.check_int(self.max_batch_size, "adaptive.max_batch_size",
+                         "an integer > 0 (or unset)", lambda v: v > 0)
 
 
 def multiplier(macs: Sequence[int], cut: int, *, batch_size: int, n_train: int,

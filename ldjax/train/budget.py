@@ -48,11 +48,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldjax import settings
 from ldjax.errors import UsageError
 from ldjax.train import scoring
 
 TABLE_FILE = "cost_table.json"
 SOURCES = ("macs", "measure")
+
+
+
+@settings.group("budget", "training to a compute budget")
+class BudgetSettings:
+  """A run's length as a compute budget (instead of run.epochs), and what charges it."""
+  reference_epochs: float | None = settings.setting(
+      None, "train each strategy to a compute budget of B reference epochs (B times the cost "
+      "of one epoch of the whole model, from --cost-table) instead of --epochs; the "
+      "learning-rate schedule follows the fraction of the budget spent and ends with it, so "
+      "cheaper epochs buy more of them (the fair comparison of No Train No Gain)",
+      flat="budget", metavar="B", common=True)
+  cost_table: str = settings.setting(
+      "macs", "the costs --budget charges: macs (training multiply-accumulates, "
+      "deterministic; default), measure (median step times measured once at the start, "
+      "interleaved, shared by the strategies) or a JSON file written by a run "
+      "(cost_table.json)", metavar="macs|measure|FILE")
+
+  def check(self):
+    if self.reference_epochs is not None:
+      settings.check_float(self.reference_epochs, "budget.reference_epochs",
+                           "a finite number >= 1 (reference epochs; every strategy's first "
+                           "epoch trains the whole model)", lambda v: v >= 1)
+    if not isinstance(self.cost_table, str) or not self.cost_table:
+      raise UsageError(f"budget.cost_table must be macs, measure or a file, got "
+                       f"{self.cost_table!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,12 +143,12 @@ class CostTable:
                   tuple(str(s) for s in d["stage_names"]), tuple(int(i) for i in d["image_shape"]),
                   tuple(int(i) for i in d["view_shape"]), pairs(d["train"]), pairs(d["extract"]))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-      raise UsageError(f"--cost-table {where}: not a cost table ({type(e).__name__}: {e}); "
+      raise UsageError(f"budget.cost_table {where}: not a cost table ({type(e).__name__}: {e}); "
                        "give a cost_table.json that a run wrote, or macs") from None
     values = [*table.train.values(), *table.extract.values()]
     if (0, 0) not in table.train or not all(math.isfinite(v) and v >= 0 for v in values) \
         or table.train[0, 0] <= 0:
-      raise UsageError(f"--cost-table {where}: needs a positive whole-model step cost (0,0) "
+      raise UsageError(f"budget.cost_table {where}: needs a positive whole-model step cost (0,0) "
                        "and finite costs >= 0")
     return table
 
@@ -131,7 +158,7 @@ class CostTable:
     mine = (self.model, list(self.stage_names), list(self.image_shape), list(self.view_shape))
     theirs = (model, list(stage_names), list(image_shape), list(view_shape))
     if mine != theirs:
-      raise UsageError(f"--cost-table {where} was made for {self.model} on "
+      raise UsageError(f"budget.cost_table {where} was made for {self.model} on "
                        f"{'x'.join(map(str, self.image_shape))} inputs (views "
                        f"{'x'.join(map(str, self.view_shape))}), this run is {model} on "
                        f"{'x'.join(map(str, image_shape))} (views "
@@ -141,7 +168,7 @@ class CostTable:
     missing = [k for k in need if k not in self.train]
     missing += [(0, b) for b in range(1, n) if (0, b) not in self.extract]
     if missing:
-      raise UsageError(f"--cost-table {where} lacks entries {missing[:3]}; give a table "
+      raise UsageError(f"budget.cost_table {where} lacks entries {missing[:3]}; give a table "
                        "of this model's every cut")
 
 
@@ -151,14 +178,14 @@ def load_table(spec: str) -> CostTable:
   if path.is_dir():
     path = path / TABLE_FILE
   if not path.is_file():
-    raise UsageError(f"--cost-table {spec}: no such file; give macs, measure or the "
+    raise UsageError(f"budget.cost_table {spec}: no such file; give macs, measure or the "
                      f"{TABLE_FILE} of a run")
   try:
     d = json.loads(path.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UsageError(f"--cost-table {spec}: not readable JSON ({e})") from None
+    raise UsageError(f"budget.cost_table {spec}: not readable JSON ({e})") from None
   if not isinstance(d, dict):
-    raise UsageError(f"--cost-table {spec}: not a cost table (a JSON object is expected)")
+    raise UsageError(f"budget.cost_table {spec}: not a cost table (a JSON object is expected)")
   return CostTable.from_json(d, spec)
 
 
@@ -239,7 +266,7 @@ def measure(trainer, repeats: int = 5) -> CostTable:
   put = trainer.placement.put_local
   rng = np.random.default_rng(0)
   idx = rng.choice(len(trainer.x_train), batch, replace=False)
-  draws = trainer.augment.draws(trainer.cfg.seed, 0, len(trainer.x_train))
+  draws = trainer.augment.draws(trainer.cfg.run.seed, 0, len(trainer.x_train))
   programs = {}
   for key in [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]:
     store_cut, cut = key
@@ -281,7 +308,7 @@ def measure(trainer, repeats: int = 5) -> CostTable:
       t0 = time.perf_counter()
       call()
       times[k].append(time.perf_counter() - t0)
-  per = {k: float(np.median(v)) / trainer.cfg.batch_size for k, v in times.items()}
+  per = {k: float(np.median(v)) / trainer.cfg.run.batch_size for k, v in times.items()}
   return CostTable("measure", "seconds per example", trainer.model.name,
                    tuple(trainer.model.stage_names), tuple(trainer.data.image_shape),
                    tuple(view), {k: v for (kind, k), v in per.items() if kind == "train"},

@@ -34,14 +34,46 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from ldjax import settings
 from ldjax.data.datasets import Dataset
 from ldjax.errors import UsageError
 from ldjax.jsonio import read_json
 from ldjax.models.staged import StagedModel
-from ldjax.runs.config import TrainConfig
+from ldjax.models.zoo import ModelSettings
 from ldjax.strategy import Strategy
 from ldjax.train.decisions import DropState
 from ldjax.weights import WEIGHTS_FILE, init_from
+
+
+@settings.group("start", "where the weights start from")
+class StartSettings:
+  """The weights a run starts from: a fresh init, given weights, or a finished run."""
+  init_from: str | None = settings.setting(
+      None, "start from these weights: an ldjax run's (its weights.safetensors) or "
+      "torchvision's / timm's ResNet and VGG state dicts saved as .safetensors; a classifier "
+      "for another number of classes is re-initialised (see --keep-classifier); Learn & "
+      "Drop's warm-up and decisions run as usual", metavar="RUN_DIR|FILE.safetensors",
+      common=True)
+  keep_classifier: bool = settings.setting(
+      False, "with --init-from or --continue-from: refuse weights whose classifier has "
+      "another number of classes instead of re-initialising it")
+  continue_from: str | None = settings.setting(
+      None, "train a finished run further on --dataset: its final weights, and for "
+      "freeze/drop its dropped stages stay dropped (their features of the new data are "
+      "computed once, then only the head trains); model, width and batch norm default to "
+      "that run's; a comparison directory continues each strategy from its own run",
+      metavar="RUN_DIR")
+
+  def check(self):
+    settings.check_text(self.init_from, "start.init_from")
+    settings.check_text(self.continue_from, "start.continue_from")
+    settings.check_bool(self.keep_classifier, "start.keep_classifier")
+    if self.init_from is not None and self.continue_from is not None:
+      raise UsageError("start.init_from and start.continue_from both give the initial "
+                       "weights; use one of them")
+    if self.keep_classifier and self.init_from is None and self.continue_from is None:
+      raise UsageError("start.keep_classifier applies to start.init_from or "
+                       "start.continue_from only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +92,13 @@ def run_path_for(path: str | Path, strategy: str) -> Path:
   else its subdirectory of that strategy (a comparison's work directory)."""
   path = Path(path)
   if not path.is_dir():
-    raise UsageError(f"--continue-from {str(path)!r} is not a directory; give the work "
+    raise UsageError(f"start.continue_from {str(path)!r} is not a directory; give the work "
                      "directory of a finished run")
   if (path / "config.json").exists() and not (path / strategy / "config.json").exists():
     return path
   if (path / strategy / "config.json").exists():
     return path / strategy
-  raise UsageError(f"--continue-from {str(path)!r} holds no run of {strategy!r}; give a run "
+  raise UsageError(f"start.continue_from {str(path)!r} holds no run of {strategy!r}; give a run "
                    "directory, or a comparison directory with a subdirectory per strategy")
 
 
@@ -77,7 +109,7 @@ def previous_run(run_path: Path) -> tuple[dict, dict]:
                      "--resume first, or continue from another run")
   if not (run_path / WEIGHTS_FILE).exists():
     raise UsageError(f"{run_path} has no {WEIGHTS_FILE} (written by ldjax runs since "
-                     "weights are saved); rerun it, or start with --init-from a weights file")
+                     "weights are saved); rerun it, or start with start.init_from a weights file")
   return read_json(run_path / "config.json"), read_json(run_path / "summary.json")
 
 
@@ -109,11 +141,11 @@ def check_same_model(config: dict, run_path: Path, *, model: str, width: float,
   got = {"model": model, "width": width, "batch_norm": batch_norm}
   for key in wanted:
     if wanted[key] is not None and wanted[key] != got[key]:
-      raise UsageError(f"--continue-from {run_path} was trained with {key} {wanted[key]}, "
+      raise UsageError(f"start.continue_from {run_path} was trained with {key} {wanted[key]}, "
                        f"this run has {got[key]}; drop the flag or match it")
   before = config.get("image_shape")
   if before is not None and list(before) != list(image_shape):
-    raise UsageError(f"--continue-from {run_path} was trained on "
+    raise UsageError(f"start.continue_from {run_path} was trained on "
                      f"{'x'.join(map(str, before))} inputs, the new data is "
                      f"{'x'.join(map(str, image_shape))}; continue on data of the same shape")
 
@@ -129,22 +161,23 @@ def stream_chunks(spec: str) -> list[str]:
   return parts
 
 
-def starts_from(cfg: TrainConfig, strategies: Sequence[str], model: StagedModel, data: Dataset,
-                variables: list[dict]) -> dict[str, Start]:
-  """{strategy: its Start} for a run continuing `cfg.continue_from` on `data`.
+def starts_from(start: StartSettings, arch: ModelSettings, strategies: Sequence[str],
+                model: StagedModel, data: Dataset, variables: list[dict]) -> dict[str, Start]:
+  """{strategy: its Start} for a run continuing `start.continue_from` on `data`, with the
+  architecture `arch`.
 
   `variables`: a fresh `model.init`, the template the weights are loaded into
   (a classifier for another number of classes keeps its fresh init, unless
-  `cfg.keep_classifier`). UsageError for an unfinished run, another
+  `start.keep_classifier`). UsageError for an unfinished run, another
   architecture or input shape, or weights that do not fit."""
   starts = {}
   for strategy in strategies:
-    run_path = run_path_for(cfg.continue_from, strategy)
+    run_path = run_path_for(start.continue_from, strategy)
     config, summary = previous_run(run_path)
-    check_same_model(config, run_path, model=cfg.model, width=cfg.width,
-                     batch_norm=cfg.batch_norm, image_shape=data.image_shape)
+    check_same_model(config, run_path, model=arch.name, width=arch.width,
+                     batch_norm=arch.batch_norm, image_shape=data.image_shape)
     loaded, _ = init_from(run_path / WEIGHTS_FILE, model, variables,
-                          keep_classifier=cfg.keep_classifier)
+                          keep_classifier=start.keep_classifier)
     norm = None if config.get("input_mean") is None else (
         tuple(config["input_mean"]), tuple(config["input_std"]))
     starts[strategy] = Start(loaded, continued_drop_state(summary, strategy), str(run_path),
@@ -158,7 +191,7 @@ def with_normalization(data: Dataset, starts: dict[str, Start]) -> Dataset:
   inputs on the scale they learned."""
   norms = {s.normalization for s in starts.values()} - {None}
   if len(norms) > 1:
-    raise UsageError("the runs --continue-from names were trained with different input "
+    raise UsageError("the runs start.continue_from names were trained with different input "
                      "normalizations; continue them one at a time")
   if not norms:
     return data

@@ -23,8 +23,59 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+from ldjax import settings
+from ldjax.errors import UsageError
 from ldjax.strategy import Strategy
 from ldjax.train import scoring
+
+
+@settings.group("drop", "Learn & Drop's decisions")
+class DropSettings:
+  """When and how Freeze and Drop decide which leading stages stop training."""
+  warmup: int = settings.setting(
+      5, "warm-up epochs that train the whole model before any decision", common=True)
+  cut_rule: str = settings.setting(
+      "sign-change", "reading of Eq. 4: sign-change (the formula: stages up to the first "
+      "P' > 0 followed by P' < 0; default) or max-prefix (the text: the leading run of "
+      "maximum sum)")
+  decision_rule: str = settings.setting(
+      "paper", f"drop decision after the warm-up: {', '.join(scoring.DECISION_RULES)}. paper: "
+      "Eqs. 3-4 and the median rule on one epoch's scores (default); stable: the leading "
+      "stages whose P' of the two-epoch mean is at least 1, after the lr warm-up, and no drop "
+      "that does not pay for its extraction (flips half as often under rounding, drops "
+      "less)", metavar="RULE")
+  drop_at: str | None = settings.setting(
+      None, "force Freeze's and Drop's decisions: after 1-based epoch E drop the stages "
+      "before CUT (e.g. 2:3,4:5), instead of Eq. 4 and the median rule; scores are still "
+      "logged. For ablations at equal decisions (another precision, recipe or device count)",
+      metavar="E:CUT,...")
+
+  def check(self):
+    settings.check_int(self.warmup, "drop.warmup", "an integer >= 0", lambda v: v >= 0)
+    settings.check_choice(self.cut_rule, "drop.cut_rule", tuple(scoring.CUT_RULES))
+    settings.check_choice(self.decision_rule, "drop.decision_rule", scoring.DECISION_RULES)
+    settings.check_text(self.drop_at, "drop.drop_at")
+    self.schedule   # parsed: a malformed drop_at is refused here
+
+  @property
+  def schedule(self) -> dict[int, int] | None:
+    """`drop_at` as {1-based epoch: cut}, or None (the rule's decisions)."""
+    if self.drop_at is None:
+      return None
+    pairs = []
+    for part in str(self.drop_at).split(","):
+      epoch, _, cut = part.partition(":")
+      try:
+        pairs.append((int(epoch), int(cut)))
+      except ValueError:
+        raise UsageError(f"drop.drop_at {self.drop_at!r} must be EPOCH:CUT pairs separated by "
+                         "commas, e.g. 2:3,4:5") from None
+    epochs, cuts = [e for e, _ in pairs], [c for _, c in pairs]
+    if (epochs != sorted(set(epochs)) or cuts != sorted(set(cuts)) or min(cuts) < 1
+        or min(epochs) < 1):
+      raise UsageError(f"drop.drop_at {self.drop_at!r} needs increasing epochs >= 1 and "
+                       "increasing cuts >= 1, e.g. 2:3,4:5")
+    return dict(pairs)
 
 
 @dataclasses.dataclass(frozen=True)

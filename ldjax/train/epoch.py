@@ -39,14 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldjax.data.augment import Augment, Draws, ViewSource
+from ldjax.data.augment import Draws, ViewSource
 from ldjax.data.batching import Blocks
 from ldjax.data.datasets import Dataset
 from ldjax.errors import Interrupted, TrainingDiverged
 from ldjax.models import bandwidth, costs
 from ldjax.models.staged import StagedModel
 from ldjax.runs import cluster
-from ldjax.runs.config import TrainConfig
+from ldjax.runs.config import Config
 from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
 from ldjax.store.keeper import StoreKeeper
@@ -73,7 +73,7 @@ class Trainer:
   """State of one run (variables, optimizer states, drop state, stores, the compiled
   step); `fit` drives it epoch by epoch."""
 
-  def __init__(self, model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str,
+  def __init__(self, model: StagedModel, data: Dataset, cfg: Config, strategy: str,
                variables: list[dict], run_dir: RunDir | None,
                cost_table: budget.CostTable | None = None,
                reader_threads: int = reader.DEFAULT_THREADS):
@@ -84,8 +84,8 @@ class Trainer:
     self._feeds_checked: set[tuple] = set()   # stores the bandwidth model has looked at
     self.strategy = Strategy(strategy)
     # This process's blocks of the training set (all of it, with one process).
-    self.blocks = Blocks.here(data.num_train, cfg.data_shards)
-    self.blocks.check_batch(cfg.batch_size)
+    self.blocks = Blocks.here(data.num_train, cfg.data.shards)
+    self.blocks.check_batch(cfg.run.batch_size)
     self.n_train = self.blocks.used   # examples per epoch, over all processes
     start, stop = self.blocks.start - data.train_start, self.blocks.stop - data.train_start
     if start < 0 or stop > len(data.x_train):
@@ -93,22 +93,21 @@ class Trainer:
                        f"{data.train_start + len(data.x_train)}), this process needs "
                        f"[{self.blocks.start}, {self.blocks.stop})")
     self.x_train, self.y_train = data.x_train[start:stop], data.y_train[start:stop]
-    self.steps_per_epoch = self.n_train // cfg.batch_size   # at --batch-size: the base step
+    self.steps_per_epoch = self.n_train // cfg.run.batch_size   # at --batch-size: the base step
     self.placement = sharding.Placement.of(
-        sharding.device_count(cfg.devices, cfg.batch_size))
+        sharding.device_count(cfg.run.devices, cfg.run.batch_size))
     # A copy: the step donates its buffers, and callers reuse `variables`.
     self.variables = self.placement.replicate(list(variables))
     stage_costs = costs.stage_costs(model, data.image_shape)   # one abstract trace for both
     self.shapes = [c.output_shape for c in stage_costs]
     self.macs = [c.macs for c in stage_costs]
     self.net = programs.Net(tuple(model.stages), tuple(data.image_shape), tuple(self.shapes),
-                            tuple(data.mean), tuple(data.std), cfg.precision,
+                            tuple(data.mean), tuple(data.std), cfg.model.precision,
                             self.placement)
     # Stores hold `views` maps per image: K exact views, or the padded image's with the
     # crop's window (`ldjax.data.augment`).
-    self.augment = Augment.parse(cfg.augment, cfg.crop_pad, data.image_shape,
-                                 cfg.crop_store, cfg.crop_views)
-    self.view_table = self.augment.view_table(cfg.seed, data.num_train)
+    self.augment = cfg.augment.for_images(data.image_shape)
+    self.view_table = self.augment.view_table(cfg.run.seed, data.num_train)
     if self.view_table is not None:
       self.view_table = self.view_table.block(self.blocks.start, self.blocks.stop)
     self.view_net, self.view_macs = self.net, self.macs
@@ -120,26 +119,28 @@ class Trainer:
       self.view_macs = [c.macs for c in view_costs]
     # What steps and extractions cost (`ldjax.train.budget`): the budget charges them and
     # the stable rule's drops must pay for their extraction.
-    self.costs = cost_table or self._cost_table(cfg.cost_table)
+    self.costs = cost_table or self._cost_table(cfg.budget.cost_table)
     self._start_budget()
     self.opt_states = self.placement.replicate(
         [self.tx.init(v.get("params", {})) for v in self.variables])
     self.drop = DropState()
     self.epochs_run = 0
-    self.key = self.placement.replicate(jax.random.key(cfg.seed))
-    self.feature_dtype = storage_dtype(cfg.feature_dtype)
+    self.key = self.placement.replicate(jax.random.key(cfg.run.seed))
+    self.feature_dtype = storage_dtype(cfg.store.dtype)
     self.keeper = StoreKeeper(
-        self.augment.views * len(self.x_train), self.view_net.shapes, cfg.feature_dtype,
-        memory_budget_bytes=int(cfg.feature_memory_gb * (1 << 30)),
+        self.augment.views * len(self.x_train), self.view_net.shapes, cfg.store.dtype,
+        memory_budget_bytes=cfg.store.memory_bytes,
         directory=None if run_dir is None else cluster.store_directory(run_dir.path),
         agree=cluster.agree if jax.process_count() > 1 else None)
     self.step_fn: steps.Compiled | None = None
-    self.step_k = 1   # `step_fn`'s batch is cfg.batch_size * step_k (`ldjax.train.adaptive`)
+    self.step_k = 1   # `step_fn`'s batch is cfg.run.batch_size * step_k (`ldjax.train.adaptive`)
     self.compiled_for: tuple[int, int] | None = None   # (store_cut, cut) of `step_fn`
-    self.evaluator = Evaluator(self.net, data.x_test, data.y_test, cfg, self.variables)
+    room = dict(batch_size=cfg.eval.batch_size, memory_bytes=cfg.store.memory_bytes,
+                variables=self.variables)
+    self.evaluator = Evaluator(self.net, data.x_test, data.y_test, **room)
     self.val_evaluator = None if data.x_val is None else Evaluator(
-        self.net, data.x_val, data.y_val, cfg, self.variables, split="val")
-    if cost_table is None and cfg.cost_table == "measure":   # needs the programs above
+        self.net, data.x_val, data.y_val, split="val", **room)
+    if cost_table is None and cfg.budget.cost_table == "measure":   # needs the programs above
       self.costs = budget.measure(self)
       self._start_budget()
 
@@ -158,19 +159,25 @@ class Trainer:
   def _start_budget(self) -> None:
     """The budget of --budget (from `costs`) and the optimizer whose schedule it sets."""
     cfg = self.cfg
-    self.budget = None if cfg.budget is None else budget.Budget(
-        self.costs, cfg.budget, self.n_train, cfg.batch_size)
-    self.tx = optim.make_optimizer(cfg, self.steps_per_epoch, budget_steps=self.budget_steps)
+    self.budget = None if cfg.budget.reference_epochs is None else budget.Budget(
+        self.costs, cfg.budget.reference_epochs, self.n_train, cfg.run.batch_size)
+    self.tx = optim.make_optimizer(cfg.optim, self.steps_per_epoch, self.schedule_steps,
+                                   budget_steps=self.budget_steps)
 
   @property
   def budget_steps(self) -> int | None:
-    """The schedule's length in base steps with --budget, else None (--epochs)."""
+    """The schedule's length in base steps with a budget, else None (run.epochs)."""
     return None if self.budget is None else self.budget.total_steps
+
+  @property
+  def schedule_steps(self) -> int:
+    """The schedule's length in base steps without a budget: run.epochs of them."""
+    return self.cfg.run.epochs * self.steps_per_epoch
 
   def has_epoch(self, epoch: int) -> bool:
     """Whether the run trains an epoch `epoch` (0-based): --epochs, or budget left."""
     if self.budget is None:
-      return epoch < self.cfg.epochs
+      return epoch < self.cfg.run.epochs
     return self.budget.steps_left(self.step_cost()) > 0
 
   def is_last(self, epoch: int) -> bool:
@@ -180,7 +187,7 @@ class Trainer:
   def step_cost(self) -> float:
     """What one step at the current cuts costs, per --batch-size (Freeze reads images)."""
     store_cut = self.drop.store_cut if self.strategy.caches else 0
-    return self.cfg.batch_size * self.costs.train_cost(store_cut, self.drop.cut)
+    return self.cfg.run.batch_size * self.costs.train_cost(store_cut, self.drop.cut)
 
   def pays(self, new_cut: int, epoch: int) -> bool:
     """Whether dropping to `new_cut` after `epoch` saves more than its extraction costs:
@@ -192,7 +199,7 @@ class Trainer:
     if self.budget is not None:
       left = self.budget.total - self.budget.spent
       return (left - extract) / after > left / before
-    left = (self.cfg.epochs - epoch - 1) * self.n_train
+    left = (self.cfg.run.epochs - epoch - 1) * self.n_train
     return extract < left * (before - after)
 
   @property
@@ -213,19 +220,20 @@ class Trainer:
     """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen,
     on batches of k x --batch-size (its learning rate scaled for them)."""
     tx = self.tx if k == 1 else optim.make_optimizer(
-        self.cfg, self.steps_per_epoch, stride=k,
-        lr_factor=adaptive.lr_scale(k, self.cfg.adaptive_lr), budget_steps=self.budget_steps)
+        self.cfg.optim, self.steps_per_epoch, self.schedule_steps, stride=k,
+        lr_factor=adaptive.lr_scale(k, self.cfg.adaptive.lr_rule),
+        budget_steps=self.budget_steps)
     return programs.train_step(self.net, tx, programs.structs(self.variables),
                                programs.structs(self.opt_states), store_cut, cut,
-                               self.cfg.batch_size * k, self.feature_dtype,
-                               label_smoothing=self.cfg.label_smoothing)
+                               self.cfg.run.batch_size * k, self.feature_dtype,
+                               label_smoothing=self.cfg.optim.label_smoothing)
 
   def compile_head_step(self, store_cut: int, cut: int) -> tuple[steps.Compiled, int]:
     """(step, k): the step of `compile_step` at the batch multiplier of `cut`, 1 unless
     --adaptive-batch; halved while the step does not fit the device's memory."""
-    k = 1 if not self.cfg.adaptive_batch else adaptive.multiplier(
-        self.macs, cut, batch_size=self.cfg.batch_size, n_train=self.n_train,
-        max_batch_size=self.cfg.max_batch_size)
+    k = 1 if not self.cfg.adaptive.enabled else adaptive.multiplier(
+        self.macs, cut, batch_size=self.cfg.run.batch_size, n_train=self.n_train,
+        max_batch_size=self.cfg.adaptive.max_batch_size)
     device = next(d for d in self.placement.mesh.devices.flat   # one of this process's
                   if d.process_index == jax.process_index())
     while True:
@@ -240,7 +248,7 @@ class Trainer:
   @property
   def batch_size(self) -> int:
     """The batch of the current step (--batch-size, or grown by --adaptive-batch)."""
-    return self.cfg.batch_size * self.step_k
+    return self.cfg.run.batch_size * self.step_k
 
   def compile_first_step(self) -> None:
     """Compiles the step of the first epoch now rather than when it starts."""
@@ -248,7 +256,7 @@ class Trainer:
 
   def compile_extract(self, start: int, stop: int) -> steps.Compiled:
     """Stages [start, stop) on a batch of stored views, out in the store's dtype."""
-    return programs.extraction(self.view_net, self.variables, start, stop, self.cfg.batch_size,
+    return programs.extraction(self.view_net, self.variables, start, stop, self.cfg.run.batch_size,
                                in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
                                sharded=True)
 
@@ -278,7 +286,7 @@ class Trainer:
     """The epoch's augmentation of this process's examples: once a prefix is frozen
     (Freeze and Drop after a decision), one of each image's fixed views."""
     fixed = self.strategy.decides and self.drop.cut > 0
-    return self.augment.draws(self.cfg.seed, epoch, self.data.num_train,
+    return self.augment.draws(self.cfg.run.seed, epoch, self.data.num_train,
                               self.view_table if fixed else None).block(
         self.blocks.start, self.blocks.stop)
 
@@ -333,7 +341,7 @@ class Trainer:
   def _fused(self, extract: steps.Compiled, tail):
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
     with crop, is not a padded view: that needs its own program)."""
-    if self.view_net is not self.net or self.batch_size != self.cfg.batch_size:
+    if self.view_net is not self.net or self.batch_size != self.cfg.run.batch_size:
       start, stop = self.drop.pending
       extract = programs.extraction(self.net, self.variables, start, stop, self.batch_size,
                                     in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
@@ -343,7 +351,7 @@ class Trainer:
   @property
   def local_batch(self) -> int:
     """This process's rows of a batch of --batch-size (all of them with one process)."""
-    return self.cfg.batch_size // self.blocks.processes
+    return self.cfg.run.batch_size // self.blocks.processes
 
   def _on_devices(self, extract: steps.Compiled, tail):
     """The extraction of `tail` as the keeper calls it: this process's rows of a batch
@@ -370,7 +378,7 @@ class Trainer:
     self._feeds_checked.add(key)
     row = int(np.prod(store.shape[1:])) * store.dtype.itemsize
     feed = bandwidth.feed(self.macs, row, self.drop.cut, device, batch_size=self.batch_size,
-                          precision=self.cfg.precision, store_cut=store.stage_range[1])
+                          precision=self.cfg.model.precision, store_cut=store.stage_range[1])
     message = bandwidth.warning(feed, device)
     if message is not None:
       warnings.warn(message, stacklevel=2)
@@ -447,7 +455,7 @@ class Trainer:
     scores = self.placement.replicate(scoring.init(state.params))
     frozen = self.variables[step_cut:cut]
     put = self.placement.put_local
-    batches = self.blocks.batches(self.cfg.seed, epoch, bs)
+    batches = self.blocks.batches(self.cfg.run.seed, epoch, bs)
     n_steps, cost = len(batches), self.step_cost() * self.step_k
     if self.budget is not None:   # the last epoch may stop early (at least one step)
       n_steps = max(1, min(n_steps, self.budget.steps_left(cost)))
@@ -492,11 +500,11 @@ class Trainer:
     if not np.all(np.isfinite(losses)):
       bad = int(np.argmin(np.isfinite(losses)))
       raise TrainingDiverged(f"loss became {losses[bad]} at epoch {epoch + 1}, step {bad + 1}; "
-                             "lower --lr (the last good checkpoint is kept)")
+                             "lower optim.lr (the last good checkpoint is kept)")
     if not np.all(finite):
       bad = int(np.argmin(finite))
       raise TrainingDiverged(f"weights became NaN or Inf at epoch {epoch + 1}, step {bad + 1}; "
-                             "lower --lr or check the data (the last good checkpoint is kept)")
+                             "lower optim.lr or check the data (the last good checkpoint is kept)")
     seen = len(host) * self.batch_size
     return float(losses.mean()), 100.0 * float(sum(m["correct"] for m in host)) / seen
 
@@ -514,7 +522,7 @@ class Trainer:
         * self.feature_dtype.itemsize
     return pending, dict(bytes=new_store.nbytes, stage_range=[0, self.drop.store_cut],
                          backing="memory" if new_store.in_memory else "npy",
-                         dtype=self.cfg.feature_dtype, views=self.augment.views,
+                         dtype=self.cfg.store.dtype, views=self.augment.views,
                          augment_extra_bytes=new_store.nbytes - plain)
 
   # -- evaluation and decisions --------------------------------------------------
@@ -530,13 +538,13 @@ class Trainer:
     """Scores the head's conv stages and updates the drop state (`decisions`)."""
     cut, n_conv = self.drop.cut, self.model.num_conv
     sums, abs_sums = jax.device_get((scores.sum[:n_conv - cut], scores.abs_sum[:n_conv - cut]))
-    rule = self.cfg.decision_rule
+    rule = self.cfg.drop.decision_rule
     # The stable rule also waits for the learning-rate warm-up to end.
-    warmup = self.cfg.warmup if rule == "paper" else max(self.cfg.warmup,
-                                                         self.cfg.warmup_lr_epochs)
+    warmup = self.cfg.drop.warmup if rule == "paper" else max(self.cfg.drop.warmup,
+                                                         self.cfg.optim.warmup_lr_epochs)
     record, self.drop = decisions.score_and_decide(
         sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=warmup,
         last=self.is_last(epoch), stage_names=self.model.stage_names[cut:n_conv],
-        cut_rule=self.cfg.cut_rule, forced=self.cfg.drop_schedule, rule=rule,
+        cut_rule=self.cfg.drop.cut_rule, forced=self.cfg.drop.schedule, rule=rule,
         pays=None if rule == "paper" else lambda c: self.pays(c, epoch))
     return record

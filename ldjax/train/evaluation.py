@@ -3,7 +3,7 @@
 After a drop the dropped stages are frozen, so their outputs on the test set
 are computed once (float32, kept in host memory) and later evaluations run
 only the head on them: the same model, without recomputing the frozen
-prefix every epoch. The cache counts against --feature-memory-gb, after an
+prefix every epoch. The cache counts against store.memory_gb, after an
 in-memory training store; without room the whole model runs.
 
 Each batch is sharded over the devices of the Net's placement
@@ -19,10 +19,29 @@ import time
 import jax
 import numpy as np
 
+from ldjax import settings
 from ldjax.data.batching import pad_rows
-from ldjax.runs.config import TrainConfig
 from ldjax.store.features import FeatureStore
 from ldjax.train import programs, steps
+
+
+@settings.group("eval", "evaluation")
+class EvalSettings:
+  """How often and in which batches the test and validation sets are evaluated."""
+  batch_size: int = settings.setting(
+      1000, "batch size of test evaluation (1000; 250 for the embedded data)",
+      flat="eval_batch_size", resumable=True)
+  every: int = settings.setting(
+      1, "evaluate on the test set every N epochs and after the last (default 1: every "
+      "epoch, which the accuracy-per-epoch figure shows; evaluation is not part of T)",
+      flat="eval_every", metavar="N", resumable=True)
+  test_every_epoch: bool = settings.setting(
+      False, "with --val-size: evaluate the test set whenever the validation split is, too")
+
+  def check(self):
+    settings.check_int(self.batch_size, "eval.batch_size", "an integer > 0", lambda v: v > 0)
+    settings.check_int(self.every, "eval.every", "an integer > 0", lambda v: v > 0)
+    settings.check_bool(self.test_every_epoch, "eval.test_every_epoch")
 
 
 class Evaluator:
@@ -30,11 +49,14 @@ class Evaluator:
   validation images held out of the training set); owns that split's feature cache.
   Results are keyed "{split}_loss" and "{split}_accuracy"."""
 
-  def __init__(self, net: programs.Net, x: np.ndarray, y: np.ndarray, cfg: TrainConfig,
-               variables: list[dict], split: str = "test"):
-    self.net, self.x, self.y, self.cfg, self.split = net, x, y, cfg, split
+  def __init__(self, net: programs.Net, x: np.ndarray, y: np.ndarray, *, batch_size: int,
+               memory_bytes: int, variables: list[dict], split: str = "test"):
+    """`batch_size`: of the evaluation batches; `memory_bytes`: room for the cached
+    features, shared with an in-memory training store."""
+    self.net, self.x, self.y, self.split = net, x, y, split
+    self.memory_bytes = memory_bytes
     self.put = net.placement.put_batch
-    self.batch = net.placement.round_up(min(cfg.eval_batch_size, len(x)))
+    self.batch = net.placement.round_up(min(batch_size, len(x)))
     self.eval_fn = programs.evaluation(net, variables, 0, self.batch)
     self.compile_s = self.eval_fn.seconds   # all evaluation programs so far
     # Test-set outputs of stages [0, test_cut) and the head's evaluation from there.
@@ -75,11 +97,11 @@ class Evaluator:
             f"{self.split}_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
 
   def _fits(self, stop: int, store: FeatureStore | None) -> bool:
-    """Whether float32 test features of stage stop-1 fit in --feature-memory-gb next to
+    """Whether float32 test features of stage stop-1 fit in `memory_bytes` next to
     `store` (counted when it is held in memory)."""
     nbytes = len(self.x) * int(np.prod(self.net.shapes[stop - 1])) * 4
     in_memory = 0 if store is None or not store.in_memory else store.nbytes
-    return nbytes <= self.cfg.feature_memory_gb * (1 << 30) - in_memory
+    return nbytes <= self.memory_bytes - in_memory
 
   def _compile(self, start: int, stop: int,
                variables: list) -> tuple[steps.Compiled, steps.Compiled]:

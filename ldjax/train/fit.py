@@ -1,7 +1,7 @@
 """`fit`: one strategy's run, epoch by epoch, with per-epoch records and checkpoints.
 
 Each epoch: train (`ldjax.train.epoch.Trainer.run_epoch`), score and decide, evaluate the
-full model on the test set (every `cfg.eval_every` epochs and after the
+full model on the test set (every `cfg.eval.every` epochs and after the
 last; the other epochs' test metrics are None), append a line to `metrics.jsonl`, checkpoint.
 With `resume=True`, a run continues from its last complete checkpoint: the
 variables, optimizer states and drop state are restored, `metrics.jsonl` is
@@ -28,7 +28,7 @@ from ldjax.models import costs
 from ldjax.models.staged import StagedModel, count_params
 from ldjax.runs import cluster
 from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
-from ldjax.runs.config import TrainConfig
+from ldjax.runs.config import FIELDS, Config
 from ldjax.runs.workdir import RunDir
 from ldjax.train import adaptive, reader
 from ldjax.train.budget import TABLE_FILE
@@ -43,31 +43,20 @@ from ldjax.weights import save_run_weights
 NO_EVAL = {"test_loss": None, "test_accuracy": None, "val_loss": None, "val_accuracy": None}
 
 
-def fingerprint(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str) -> dict:
-  """Settings a checkpoint must share with the run that resumes it."""
+def fingerprint(model: StagedModel, data: Dataset, cfg: Config, strategy: str) -> dict:
+  """Settings a checkpoint must share with the run that resumes it: every setting but
+  those a resume may change (`resumable`), with the model and data as built."""
+  values = cfg.flat() | {"schedule": cfg.optim.schedule_name,
+                         "data_shards": shard_count(cfg.data.shards)}
   return {"strategy": strategy, "model": model.name, "stage_names": list(model.stage_names),
-          "width": cfg.width, "batch_norm": cfg.batch_norm, "dataset": data.name,
-          "data_dir": cfg.data_dir,
-          "image_shape": list(data.image_shape), "num_classes": data.num_classes,
-          "num_train": data.num_train, "num_test": len(data.x_test), "epochs": cfg.epochs,
-          "warmup": cfg.warmup, "batch_size": cfg.batch_size, "lr": cfg.lr,
-          "lr_decay_epoch": cfg.lr_decay_epoch, "lr_decay_factor": cfg.lr_decay_factor,
-          "momentum": cfg.momentum, "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
-          "schedule": cfg.schedule_name, "warmup_lr_epochs": cfg.warmup_lr_epochs,
-          "label_smoothing": cfg.label_smoothing, "augment": cfg.augment,
-          "crop_pad": cfg.crop_pad, "cut_rule": cfg.cut_rule, "val_size": cfg.val_size,
-          "precision": cfg.precision,
-          "test_every_epoch": cfg.test_every_epoch, "seed": cfg.seed,
-          "feature_dtype": cfg.feature_dtype, "init_from": cfg.init_from,
-          "keep_classifier": cfg.keep_classifier, "continue_from": cfg.continue_from,
-          "adaptive_batch": cfg.adaptive_batch, "max_batch_size": cfg.max_batch_size,
-          "adaptive_lr": cfg.adaptive_lr, "drop_at": cfg.drop_at,
-          "data_shards": shard_count(cfg.data_shards), "crop_store": cfg.crop_store,
-          "crop_views": cfg.crop_views, "decision_rule": cfg.decision_rule,
-          "budget": cfg.budget, "cost_table": cfg.cost_table}
+          "dataset": data.name, "image_shape": list(data.image_shape),
+          "num_classes": data.num_classes, "num_train": data.num_train,
+          "num_test": len(data.x_test)} | {
+      f.flat: values[f.flat] for f in FIELDS
+      if not f.resumable and f.flat not in ("model", "dataset")}
 
 
-def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
+def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
         variables: list[dict] | None = None, run_dir: RunDir | None = None,
         resume: bool = False, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
@@ -79,7 +68,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
 
   Args:
     variables: initial per-stage variables (default: `model.init` with
-      `cfg.seed`); pass the same ones to compare strategies from one start.
+      `cfg.run.seed`); pass the same ones to compare strategies from one start.
     run_dir: where metrics, checkpoints and large feature stores go; without
       it nothing is written and stores stay in memory.
     resume: continue from the last checkpoint in `run_dir`, if any.
@@ -96,16 +85,16 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
   """
   # The training set before a validation split that is already held out (`prepare` with
   # several processes, or a start with other input normalization).
-  held = 0 if data.x_val is None or not cfg.val_size else len(data.x_val)
-  cfg.validate(data.num_train + held, data.image_shape)
-  cfg.validate_strategies([strategy])
-  if cfg.drop_schedule and max(cfg.drop_schedule.values()) > model.num_conv - 1:
-    raise UsageError(f"--drop-at {cfg.drop_at}: a cut is at most {model.num_conv - 1} for "
-                     f"{model.name} (its last conv stage is never dropped)")
-  if cfg.val_size and data.x_val is None:
-    data = hold_out(data, cfg.val_size)
+  held = 0 if data.x_val is None or not cfg.data.val_size else len(data.x_val)
+  cfg.check_data(data.num_train + held, data.image_shape)
+  cfg.check_strategies([strategy])
+  if cfg.drop.schedule and max(cfg.drop.schedule.values()) > model.num_conv - 1:
+    raise UsageError(f"drop.drop_at {cfg.drop.drop_at}: a cut is at most {model.num_conv - 1} "
+                     f"for {model.name} (its last conv stage is never dropped)")
+  if cfg.data.val_size and data.x_val is None:
+    data = hold_out(data, cfg.data.val_size)
   if variables is None:
-    variables = model.init(jax.random.key(cfg.seed), data.image_shape)
+    variables = model.init(jax.random.key(cfg.run.seed), data.image_shape)
   trainer = Trainer(model, data, cfg, strategy, variables, run_dir,
                     reader_threads=reader_threads)
   if drop is not None:
@@ -125,7 +114,7 @@ def fit(model: StagedModel, data: Dataset, cfg: TrainConfig, strategy: str, *,
     run_dir.start_metrics()
   try:
     # With --budget the bar counts base steps' worth of budget (a head's steps are cheaper).
-    total = (cfg.epochs * trainer.steps_per_epoch if trainer.budget is None
+    total = (cfg.run.epochs * trainer.steps_per_epoch if trainer.budget is None
              else trainer.budget.total_steps)
     with progress_bar(total, f"{strategy:>6} {model.name}", enabled=progress) as bar:
       bar.update(start * trainer.steps_per_epoch if trainer.budget is None
@@ -192,10 +181,10 @@ def _evaluate(trainer: Trainer, epoch: int) -> dict:
   the validation split if there is one (else the test set); the test set after the
   last epoch, and with --test-every-epoch whenever the validation split is."""
   cfg, last = trainer.cfg, trainer.is_last(epoch)
-  due = (epoch + 1) % cfg.eval_every == 0 or last
+  due = (epoch + 1) % cfg.eval.every == 0 or last
   has_val = trainer.val_evaluator is not None
   out = trainer.evaluate("val") if due and has_val else {}
-  if last or (due and (not has_val or cfg.test_every_epoch)):
+  if last or (due and (not has_val or cfg.eval.test_every_epoch)):
     out |= trainer.evaluate("test")
   return out
 
@@ -229,7 +218,7 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
   summary = {"strategy": trainer.strategy.value, "model": trainer.model.name,
              "dataset": trainer.data.name, "epochs": trainer.epochs_run,
              "test_accuracy": ev["test_accuracy"], "test_loss": ev["test_loss"],
-             "val_accuracy": ev.get("val_accuracy"), "val_size": trainer.cfg.val_size,
+             "val_accuracy": ev.get("val_accuracy"), "val_size": trainer.cfg.data.val_size,
              **totals,
              "drop_events": list(trainer.drop.events), "final_cut": trainer.drop.cut,
              "final_store_cut": trainer.drop.store_cut, "devices": trainer.placement.devices,
@@ -241,7 +230,7 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: dict,
   if run_dir is not None and run_dir.writes:   # the weights first: a run with a summary has them
     data = trainer.data
     save_run_weights(run_dir.path, trainer.model, trainer.variables, {
-        "width": trainer.cfg.width, "batch_norm": trainer.cfg.batch_norm,
+        "width": trainer.cfg.model.width, "batch_norm": trainer.cfg.model.batch_norm,
         "image_shape": list(data.image_shape), "input_mean": list(data.mean),
         "input_std": list(data.std), "dataset": data.name, "strategy": trainer.strategy.value,
         "class_names": data.class_names and list(data.class_names), "resize": RESIZE_POLICY})
@@ -286,7 +275,8 @@ def _epoch_lr(trainer: Trainer, epoch: int) -> float:
   scale)."""
   steps = trainer.steps_per_epoch
   at = epoch * steps if trainer.budget is None else trainer.budget.progress()
-  return float(lr_schedule(trainer.cfg, steps, trainer.budget_steps)(at))
+  total = trainer.budget_steps or trainer.schedule_steps
+  return float(lr_schedule(trainer.cfg.optim, steps, total)(at))
 
 
 def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: dict,
@@ -306,7 +296,7 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: d
            if extracted else 0)
   forward = sum(macs[forward_from:]) + extra
   train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
-  lr_scale = adaptive.lr_scale(trainer.step_k, trainer.cfg.adaptive_lr)
+  lr_scale = adaptive.lr_scale(trainer.step_k, trainer.cfg.adaptive.lr_rule)
   # What a step reads per example, a stored row or the uint8 image: with train_macs, the
   # numbers of the input-bandwidth model (`ldjax.models.bandwidth`).
   input_bytes = (math.prod(trainer.view_net.shapes[forward_from - 1])

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules of a run, built from optax by `TrainConfig`.
+"""Optimizers and learning-rate schedules of a run, built from optax by `OptimSettings`.
 
 - `--optimizer sgd` (the paper's: SGD with PyTorch-style momentum),
   `nesterov` (the same with Nesterov momentum) or `adamw` (decoupled weight
@@ -35,18 +35,81 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ldjax.runs.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from ldjax import settings
+from ldjax.errors import UsageError
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "decay_mask", "lr_schedule", "make_optimizer",
-           "strided_learning_rate"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "OptimSettings", "decay_mask", "lr_schedule",
+           "make_optimizer", "strided_learning_rate"]
+
+OPTIMIZERS = ("sgd", "nesterov", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
-def lr_schedule(cfg: TrainConfig, steps_per_epoch: int,
-                total_steps: int | None = None) -> optax.Schedule:
-  """The learning rate as a function of the global step (see the module docstring);
-  `total_steps`: the schedule's length (default: --epochs of steps)."""
+@settings.group("optim", "the optimizer and its learning-rate schedule")
+class OptimSettings:
+  """The optimizer, its learning-rate schedule and the training loss's label smoothing."""
+  optimizer: str = settings.setting(
+      "sgd", f"one of {', '.join(OPTIMIZERS)} (default: sgd, the paper's)")
+  lr: float = settings.setting(0.001, "learning rate", common=True)
+  momentum: float = settings.setting(
+      0.9, "momentum of sgd and nesterov (default 0.9; adamw uses betas 0.9/0.999)")
+  weight_decay: float = settings.setting(
+      0.0, "weight decay of conv and dense kernels (not biases or BatchNorm); coupled (L2 in "
+      "the gradient) for sgd/nesterov, decoupled for adamw (default 0)")
+  schedule: str | None = settings.setting(
+      None, f"learning-rate schedule by global step: {', '.join(SCHEDULES)} (default: step if "
+      "--lr-decay-epoch is set, else constant)")
+  lr_decay_epoch: int | None = settings.setting(
+      None, "with --schedule step: multiply the learning rate by --lr-decay-factor from this "
+      "epoch on")
+  lr_decay_factor: float = settings.setting(
+      0.1, "with --schedule step: the factor of the lr decay (default 0.1)")
+  warmup_lr_epochs: int = settings.setting(
+      0, "linear learning-rate warm-up over the first E epochs (onecycle: its rise); not the "
+      "Learn & Drop --warmup (default 0)", metavar="E")
+  label_smoothing: float = settings.setting(
+      0.0, "label smoothing of the training loss, in [0, 1) (default 0)")
+
+  def check(self):
+    settings.check_choice(self.optimizer, "optim.optimizer", OPTIMIZERS)
+    settings.check_float(self.lr, "optim.lr", "a finite number > 0", lambda v: v > 0)
+    settings.check_float(self.momentum, "optim.momentum", "a finite number in [0, 1)",
+                         lambda v: 0 <= v < 1)
+    settings.check_float(self.weight_decay, "optim.weight_decay", "a finite number >= 0",
+                         lambda v: v >= 0)
+    if self.schedule is not None:
+      settings.check_choice(self.schedule, "optim.schedule", SCHEDULES)
+    if self.lr_decay_epoch is not None:
+      settings.check_int(self.lr_decay_epoch, "optim.lr_decay_epoch",
+                         "an integer > 0 (or unset)", lambda v: v > 0)
+    settings.check_float(self.lr_decay_factor, "optim.lr_decay_factor",
+                         "a finite number in (0, 1]", lambda v: 0 < v <= 1)
+    settings.check_int(self.warmup_lr_epochs, "optim.warmup_lr_epochs", "an integer >= 0",
+                       lambda v: v >= 0)
+    settings.check_float(self.label_smoothing, "optim.label_smoothing",
+                         "a finite number in [0, 1)", lambda v: 0 <= v < 1)
+    if self.optimizer == "nesterov" and not self.momentum:
+      raise UsageError("optim.optimizer nesterov needs optim.momentum > 0")
+    if self.schedule_name == "step" and self.lr_decay_epoch is None:
+      raise UsageError("optim.schedule step needs optim.lr_decay_epoch (the epoch the lr "
+                       "drops at)")
+    if self.schedule_name != "step" and self.lr_decay_epoch is not None:
+      raise UsageError(f"optim.lr_decay_epoch only applies to optim.schedule step, not "
+                       f"{self.schedule_name}; drop one of them")
+
+  @property
+  def schedule_name(self) -> str:
+    """The schedule in effect: `schedule`, or the paper's reading of `lr_decay_epoch`."""
+    if self.schedule is not None:
+      return self.schedule
+    return "constant" if self.lr_decay_epoch is None else "step"
+
+
+def lr_schedule(cfg: OptimSettings, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """The learning rate as a function of the global step (see the module docstring) over a
+  schedule of `total_steps` (a run's epochs of `steps_per_epoch`, or a budget's)."""
   name = cfg.schedule_name
-  total = cfg.epochs * steps_per_epoch if total_steps is None else total_steps
+  total = total_steps
   warm = cfg.warmup_lr_epochs * steps_per_epoch
   if name == "onecycle":
     return optax.cosine_onecycle_schedule(total, cfg.lr, pct_start=warm / total if warm else 0.3)
@@ -67,8 +130,8 @@ def decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, *, stride: int = 1,
-                   lr_factor: float = 1.0,
+def make_optimizer(cfg: OptimSettings, steps_per_epoch: int, total_steps: int, *,
+                   stride: int = 1, lr_factor: float = 1.0,
                    budget_steps: int | None = None) -> optax.GradientTransformation:
   """The run's optimizer (applied to each stage's parameters on their own).
 
@@ -79,13 +142,15 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, *, stride: int = 1,
   structure for every k, so the head's state continues across a change.
 
   With `budget_steps` the rate follows the `progress` every update is given
-  (`progress_learning_rate`) over a schedule of that many base steps."""
+  (`progress_learning_rate`) over a schedule of that many base steps instead of
+  `total_steps`."""
   if budget_steps is not None:
     lr = progress_learning_rate(lr_schedule(cfg, steps_per_epoch, budget_steps), lr_factor)
   elif stride == 1 and lr_factor == 1.0:
-    lr = optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch))
+    lr = optax.scale_by_learning_rate(lr_schedule(cfg, steps_per_epoch, total_steps))
   else:
-    lr = strided_learning_rate(lr_schedule(cfg, steps_per_epoch), stride, lr_factor)
+    lr = strided_learning_rate(lr_schedule(cfg, steps_per_epoch, total_steps), stride,
+                               lr_factor)
   if cfg.optimizer == "adamw":   # optax.adamw
     return optax.chain(optax.scale_by_adam(b1=0.9, b2=0.999),
                        optax.add_decayed_weights(cfg.weight_decay, decay_mask), lr)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ldjax.models.staged import apply_stages
-from ldjax.runs.config import PRECISIONS
+from ldjax.models.zoo import PRECISIONS
 
 __all__ = ["PRECISIONS", "apply", "compute_dtype", "matmuls_in"]
 

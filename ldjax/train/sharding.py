@@ -41,9 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ldjax.data.batching import shard_count
 from ldjax.errors import UsageError
-from ldjax.runs.config import TrainConfig
 
 DATA = "data"   # the mesh axis the batch is split over
 
@@ -57,26 +55,18 @@ def device_count(requested: int | None, batch_size: int) -> int:
   visible = jax.device_count()
   n = visible if requested is None else requested
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise UsageError(f"--devices must be an integer > 0 (or unset for all), got {n!r}")
+    raise UsageError(f"run.devices must be an integer > 0 (or unset for all), got {n!r}")
   if jax.process_count() > 1 and n != visible:
-    raise UsageError(f"--devices {n}: with {jax.process_count()} processes a run uses all "
-                     f"{visible} devices of all processes; leave --devices unset")
+    raise UsageError(f"run.devices {n}: with {jax.process_count()} processes a run uses "
+                     f"all {visible} devices of all processes; leave run.devices unset")
   if n > visible:
     kind = jax.devices()[0].platform
-    raise UsageError(f"--devices {n} asks for more devices than the {visible} visible "
+    raise UsageError(f"run.devices {n} asks for more devices than the {visible} visible "
                      f"({kind}); use at most {visible} or leave it unset")
   if batch_size % n:
-    raise UsageError(f"--batch-size {batch_size} does not divide by the {n} devices; use a "
-                     f"multiple of {n} or set --devices")
+    raise UsageError(f"run.batch_size {batch_size} does not divide by the {n} devices; "
+                     f"use a multiple of {n} or set run.devices")
   return int(n)
-
-
-def resolve(cfg: TrainConfig) -> TrainConfig:
-  """`cfg` with `devices` and `data_shards` set to what a run uses (what config.json
-  records): all devices and one block per process unless given (`Blocks` checks
-  the blocks against the processes)."""
-  return dataclasses.replace(cfg, devices=device_count(cfg.devices, cfg.batch_size),
-                             data_shards=shard_count(cfg.data_shards))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,10 +110,10 @@ def check_meta(path: Path, meta: Mapping[str, Any], model: StagedModel, width: f
                image_shape: Sequence[int] | None) -> None:
   if meta.get("model") not in (None, model.name):
     raise UsageError(f"{path} holds {meta['model']} weights, the model is {model.name}; "
-                     f"build a {meta['model']} (--model {meta['model']})")
+                     f"build a {meta['model']} (model.name {meta['model']})")
   if width is not None and meta.get("width") is not None and float(meta["width"]) != width:
     raise UsageError(f"{path} holds {model.name} weights of width {meta['width']}, the model "
-                     f"has width {width}; use --width {meta['width']}")
+                     f"has width {width}; use model.width {meta['width']}")
   file_shape = meta.get("image_shape")
   if image_shape is not None and file_shape is not None and list(file_shape) != list(
       image_shape):
@@ -174,7 +174,7 @@ def fill(path: Path, fmt: str, tensors: Mapping[str, np.ndarray], sources: Mappi
     file_classes = int(classes[0][3][-1])
     if keep_classifier:
       raise UsageError(f"{path} has a classifier of {file_classes} classes, the model "
-                       f"{model_classes}; without keep_classifier (--keep-classifier) it "
+                       f"{model_classes}; without keep_classifier (start.keep_classifier) it "
                        "starts afresh")
     arrays = {k: a for k, a in arrays.items() if k[0] != last}
     reinit = (model.stage_names[last],)

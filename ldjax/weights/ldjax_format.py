@@ -88,5 +88,5 @@ def load_safetensors(path: str | os.PathLike) -> tuple[list[dict], dict[str, Any
   if fmt != LDJAX:
     what = FORMAT_TITLES.get(fmt, "no ldjax")
     raise UsageError(f"{path} holds {what} tensor names, not ldjax's; load it into a model "
-                     "with ldjax.weights.init_from (or --init-from)")
+                     "with ldjax.weights.init_from (or start.init_from)")
   return parse_ldjax(path, tensors, header)

@@ -3,12 +3,12 @@ import json, sys, time
 import jax
 from ldjax.data.datasets import load_dataset
 from ldjax.models.zoo import build_model
-from ldjax.runs.config import RECIPES, TrainConfig
+from ldjax.runs.config import TrainConfig, recipe
 from ldjax.train.epoch import Trainer
 data = load_dataset("idx:/usr/share/datasets/fashion-mnist", train_size=3500)
 model = build_model("resnet18", data.image_shape, data.num_classes, width=0.25)
 cfg = TrainConfig(model="resnet18", width=0.25, batch_size=128, augment="flip,crop",
-                  budget=8.0, cost_table="measure", val_size=500, **RECIPES["strong"])
+                  budget=8.0, cost_table="measure", val_size=500, **recipe("strong"))
 t0 = time.perf_counter()
 trainer = Trainer(model, data, cfg, "drop", model.init(jax.random.key(0), data.image_shape), None)
 out = trainer.costs.to_json()
