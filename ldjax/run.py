@@ -128,10 +128,26 @@ MORE_FLAGS = [
 ]
 
 
+class InSettingsWords(UsageError):
+  """A UsageError about a config file or a --set, which speak in dotted paths: shown as it
+  is, not in flag words."""
+
+
 def config_files(args: argparse.Namespace) -> list[tuple[dict, str | None]]:
   """(flat settings, strategies or None) of each --config: a file, or a preset's name."""
-  return [config.load_file(c if Path(c).suffix in (".toml", ".json") or "/" in c
-                           else config.preset_path(c)) for c in args.config]
+  try:
+    return [config.load_file(c if Path(c).suffix in (".toml", ".json") or "/" in c
+                             else config.preset_path(c)) for c in args.config]
+  except UsageError as e:
+    raise InSettingsWords(str(e)) from None
+
+
+def assignments(args: argparse.Namespace) -> dict:
+  """{flat name: value} of the --set assignments."""
+  try:
+    return dict(config.parse_set(a) for a in args.assignments)
+  except UsageError as e:
+    raise InSettingsWords(str(e)) from None
 
 
 def strategy_from_args(args: argparse.Namespace) -> str:
@@ -150,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     given |= flat
   given |= {f.flat: getattr(args, f.flat) for f in config.FIELDS
             if getattr(args, f.flat) is not None}
-  given |= dict(config.parse_set(a) for a in args.assignments)
+  given |= assignments(args)
   dataset = given.get("dataset") or "embedded"
   if args.data_schedule is not None:   # the first chunk's preset
     if "dataset" in given:
@@ -326,7 +342,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, outputs: contextlib.
   except UsageError as e:
     if created is not None and created.exists():
       shutil.rmtree(created, ignore_errors=True)
-    print(f"error: {config.flag_words(str(e))}", file=sys.stderr)
+    words = str(e) if isinstance(e, InSettingsWords) else config.flag_words(str(e))
+    print(f"error: {words}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:   # e.g. while images decode, or a second Ctrl-C in training
     if created is not None and created.is_dir() and not any(created.iterdir()):

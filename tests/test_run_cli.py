@@ -35,6 +35,8 @@ FLAGS += ["--image-size", "--channels", "--test-fraction", "--skip-bad-images", 
           "--tensorboard"]   # folder:DIR data and the metrics files
 FLAGS += ["--crop-store", "--crop-views", "--decision-rule", "--budget",
           "--cost-table"]    # the exact crop store, decision rules, compute budgets
+FLAGS += ["--config", "--set", "--presets", "--help-all", "--reference",
+          "--lr-decay-factor"]   # settings from files, presets, the generated help
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:
@@ -248,3 +250,9 @@ def test_every_flag_is_listed_here_and_in_the_readme():
   documented = "\n".join(p.read_text() for p in pages)
   missing = [f for f in FLAGS if f"`{f}" not in documented]
   assert not missing, f"the CLI reference ({', '.join(p.name for p in pages)}) lacks {missing}"
+
+
+def test_the_reference_is_generated_from_the_settings():
+  reference = Path(__file__).parent.parent / "docs" / "reference.md"
+  assert reference.read_text() == run.reference(), (
+      "docs/reference.md is stale: python -m ldjax.run --reference > docs/reference.md")

@@ -288,8 +288,8 @@ def load_file(path: str | Path) -> tuple[dict, str | None]:
                      f"\"sgd,drop\", got {strategy!r}")
   for name, table in raw.items():
     if name not in GROUPS or not isinstance(table, dict):
-      hint = closest(name, GROUPS) if name not in BY_FLAT else \
-          f"; put it in the [{BY_FLAT[name].group}] table"
+      hint = (closest(name, GROUPS) if isinstance(table, dict) or name not in BY_FLAT
+              else f"; put it in the [{BY_FLAT[name].group}] table")
       raise UsageError(f"config file {where!r}: unknown table {name!r}{hint} (tables: "
                        f"{', '.join(GROUPS)})")
     for key, value in table.items():
