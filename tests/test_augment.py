@@ -39,7 +39,7 @@ def test_parse_and_defaults():
       Augment.parse(name, pad, (28, 28, 1))
   for store, views in (("exact", None), ("views", 0), ("views", -1), ("views", 2.0),
                        ("views", True)):
-    with pytest.raises(UsageError, match="crop-store|crop-views"):
+    with pytest.raises(UsageError, match="crop_store|crop_views"):
       Augment.parse("crop", None, (28, 28, 1), store, views)
 
 

@@ -311,11 +311,11 @@ def test_blocks_give_each_process_its_own_examples():
 
 
 def test_bad_blocks():
-  with pytest.raises(UsageError, match="--data-shards must be an integer > 0"):
+  with pytest.raises(UsageError, match="data.shards must be an integer > 0"):
     batching.Blocks(100, 0)
-  with pytest.raises(UsageError, match="--data-shards 3 does not divide by the 2 processes"):
+  with pytest.raises(UsageError, match="data.shards 3 does not divide by the 2 processes"):
     batching.Blocks(100, 3, 2, 0)
-  with pytest.raises(UsageError, match="does not divide by --data-shards 4"):
+  with pytest.raises(UsageError, match="does not divide by data.shards 4"):
     batching.Blocks(100, 4).check_batch(30)
   with pytest.raises(UsageError, match="which hold 25"):
     batching.Blocks(100, 4).check_batch(120)

@@ -171,7 +171,7 @@ def test_train_test_and_val_layouts(splits, tmp_path):
   listing = folder.scan(splits)
   assert set(listing.files) == {"train", "test"} and listing.test_from == "test/"
   assert len(listing.files["test"]) == 40
-  with pytest.raises(UsageError, match="drop --test-fraction"):
+  with pytest.raises(UsageError, match="drop folder.test_fraction"):
     folder.scan(splits, test_fraction=0.3)
   val = tmp_path / "val_layout"
   os.system(f"cp -r {splits} {val} && cp -r {val}/test {val}/val")

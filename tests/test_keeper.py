@@ -143,7 +143,7 @@ def test_rebuild_fills_from_the_images_or_says_what_to_do(tmp_path):
   seconds = k.rebuild(1, extract, IMAGES, BATCH)
   assert seconds >= 0 and k.current.complete
   np.testing.assert_array_equal(k.current.read(np.arange(N)), IMAGES * 2.0)
-  with pytest.warns(UserWarning), pytest.raises(UsageError, match="--feature-memory-gb"):
+  with pytest.warns(UserWarning), pytest.raises(UsageError, match="store.memory_gb"):
     keeper(None, budget=0).rebuild(1, extract, IMAGES, BATCH)
 
 

@@ -294,7 +294,7 @@ def test_device_count_rules():
   assert sharding.device_count(None, 64) == 1
   assert sharding.device_count(1, 7) == 1
   for bad in (0, -1, True, 1.0):
-    with pytest.raises(UsageError, match="--devices must be"):
+    with pytest.raises(UsageError, match="run.devices must be"):
       sharding.device_count(bad, 64)
 
 

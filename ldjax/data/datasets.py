@@ -229,6 +229,12 @@ def hold_out(data: Dataset, size: int) -> Dataset:
                              y_val=data.y_train[val], mean=mean, std=std)
 
 
+def with_validation(data: Dataset, size: int | None) -> Dataset:
+  """`data` with a validation split of `size` (`hold_out`), unless it has one already (a
+  folder's val/, or held out before) or `size` is None."""
+  return data if not size or data.x_val is not None else hold_out(data, size)
+
+
 def subset(x: np.ndarray, y: np.ndarray, size: int | None, seed: int = 0, *,
            what: str = "size") -> tuple[np.ndarray, np.ndarray]:
   """Returns a deterministic subset of `size` examples of (x, y).

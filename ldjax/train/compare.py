@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 
 from ldjax.data.batching import Blocks
-from ldjax.data.datasets import Dataset, hold_out, keep_train_block, load_dataset
+from ldjax.data.datasets import Dataset, keep_train_block, load_dataset, with_validation
 from ldjax.errors import UsageError
 from ldjax.jsonio import read_json, write_json_atomic
 from ldjax.models.staged import StagedModel
@@ -46,8 +46,7 @@ def prepare(cfg: Config, strategies: Sequence[str], *, progress: bool = False,
   cfg.check_data(len(data.x_train), data.image_shape)
   cfg.check_strategies(strategies)
   if jax.process_count() > 1:
-    if cfg.data.val_size and data.x_val is None:
-      data = hold_out(data, cfg.data.val_size)
+    data = with_validation(data, cfg.data.val_size)
     blocks = Blocks.here(len(data.x_train), cfg.data.shards)
     blocks.check_batch(cfg.run.batch_size)
     data = keep_train_block(data, blocks.start, blocks.stop)
@@ -87,8 +86,7 @@ def run_strategies(cfg: Config, strategies: Sequence[str], workdir: str | Path, 
       log(f"{s}: continues {start.source} (trained on {', '.join(start.data_seen)}), "
           f"{start.drop.cut if start.drop else 0} stages dropped")
   if any(start.normalization for start in starts.values()):
-    if cfg.data.val_size and data.x_val is None:   # held out first: it recomputes mean and std
-      data = hold_out(data, cfg.data.val_size)
+    data = with_validation(data, cfg.data.val_size)   # first: it recomputes mean and std
     data = continuation.with_normalization(data, starts)
   if cfg.budget.reference_epochs is not None and cfg.budget.cost_table == "measure":
     cfg = shared_cost_table(cfg, model, data, variables, workdir, resume, log)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 
 from ldjax.data.batching import shard_count
-from ldjax.data.datasets import Dataset, hold_out
+from ldjax.data.datasets import Dataset, with_validation
 from ldjax.data.images import POLICY as RESIZE_POLICY
 from ldjax.errors import UsageError
 from ldjax.jsonio import write_json_atomic
@@ -91,8 +91,7 @@ def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
   if cfg.drop.schedule and max(cfg.drop.schedule.values()) > model.num_conv - 1:
     raise UsageError(f"drop.drop_at {cfg.drop.drop_at}: a cut is at most {model.num_conv - 1} "
                      f"for {model.name} (its last conv stage is never dropped)")
-  if cfg.data.val_size and data.x_val is None:
-    data = hold_out(data, cfg.data.val_size)
+  data = with_validation(data, cfg.data.val_size)
   if variables is None:
     variables = model.init(jax.random.key(cfg.run.seed), data.image_shape)
   trainer = Trainer(model, data, cfg, strategy, variables, run_dir,
