@@ -37,6 +37,7 @@ FLAGS += ["--crop-store", "--crop-views", "--decision-rule", "--budget",
           "--cost-table"]    # the exact crop store, decision rules, compute budgets
 FLAGS += ["--config", "--set", "--presets", "--help-all", "--reference",
           "--lr-decay-factor"]   # settings from files, presets, the generated help
+FLAGS += ["--reader-threads"]   # the training loop's input threads
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:
