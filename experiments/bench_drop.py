@@ -71,7 +71,8 @@ from ldjax.store import features as store  # noqa: E402
 from ldjax.store import keeper  # noqa: E402
 from ldjax.train import compare, scoring  # noqa: E402
 from ldjax.train import epoch as loop  # noqa: E402
-from ldjax.train.fit import fit  # noqa: E402
+from ldjax.train.continuation import Start  # noqa: E402
+from ldjax.train.fit import Hooks, fit  # noqa: E402
 
 # A run long enough for its one-off costs (compilation above all) to weigh as
 # they do in real training, yet under 10 minutes for the whole benchmark here.
@@ -175,8 +176,9 @@ def train(model, data, cfg, strategy, variables, workdir, epoch_timings: EpochTi
     run_dir.write_config(cfg, strategy=strategy, model_name=model.name)
   with timed_methods(TIMED) as totals:
     t0 = time.perf_counter()
-    summary = fit(model, data, cfg, strategy, variables=variables, run_dir=run_dir,
-                  progress=False, on_epoch=lambda r: (records.append(r), epoch_timings(r)))
+    summary = fit(model, data, cfg, strategy, start=Start(variables), run_dir=run_dir,
+                  hooks=Hooks(on_epoch=lambda r: (records.append(r.to_json()),
+                                                  epoch_timings(records[-1])), progress=False))
     wall = time.perf_counter() - t0 - epoch_timings.spent
   summary.pop("variables")
   totals["checkpointer open/close"][0] += totals.pop("checkpointer close", [0.0, 0])[0]

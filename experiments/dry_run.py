@@ -109,8 +109,8 @@ def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_B
   try:
     with progress_bar(1, row["id"], enabled=False) as bar:
       out = trainer.run_epoch(0, bar)
-    loss = out["loss"]
-    trainer.score_and_decide(out["scores"], 0)
+    loss = out.loss
+    trainer.score_and_decide(out.scores, 0)
     ev = trainer.evaluate()
   except TrainingDiverged as e:   # the loop's own check of the loss
     out, ev, error = None, None, str(e)
@@ -127,8 +127,8 @@ def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_B
       "load_s": load_s,
       "eval_compile_s": trainer.evaluator.eval_fn.seconds,
       "trainer_s": trainer_s,
-      "step_compile_s": None if out is None else out["times"]["compile_s"],
-      "step_s": None if out is None else out["times"]["train_s"],
+      "step_compile_s": None if out is None else out.times.compile_s,
+      "step_s": None if out is None else out.times.train_s,
       "xla_step_flops": None if trainer.step_fn is None else trainer.step_fn.flops,
       "total_s": time.perf_counter() - t_row,
   }

@@ -37,7 +37,8 @@ import repo_paths  # noqa: E402
 from ldjax import run as run_cli  # noqa: E402
 from ldjax.runs.workdir import RunDir  # noqa: E402
 from ldjax.train import compare, reader  # noqa: E402
-from ldjax.train.fit import fit  # noqa: E402
+from ldjax.train.continuation import Start  # noqa: E402
+from ldjax.train.fit import Hooks, fit  # noqa: E402
 
 
 def one_run(model, data, cfg, strategy: str, variables, threads: int,
@@ -45,8 +46,9 @@ def one_run(model, data, cfg, strategy: str, variables, threads: int,
   records = []
   run_dir = None if workdir is None else RunDir(workdir / f"threads{threads}")
   t0 = time.perf_counter()
-  summary = fit(model, data, cfg, strategy, variables=variables, progress=False,
-                on_epoch=records.append, reader_threads=threads, run_dir=run_dir)
+  summary = fit(model, data, cfg.replace(reader_threads=threads), strategy,
+                start=Start(variables), run_dir=run_dir,
+                hooks=Hooks(on_epoch=lambda r: records.append(r.to_json()), progress=False))
   wall = time.perf_counter() - t0
   epochs = [{"epoch": r["epoch"], "stored_stages": r["stored_stages"],
              "extracted": r["store"] is not None,

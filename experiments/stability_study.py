@@ -254,8 +254,9 @@ def record(configs, noise_configs: int | None = None) -> None:
       if variant == "noise":
         variables = _noisy(jax, variables, c["seed"])
       recs, t0, cpu0 = [], time.time(), time.process_time()
-      summ = ldjax.fit(model, data, cfg, "sgd", variables=variables, progress=False,
-                       on_epoch=recs.append)
+      summ = ldjax.fit(model, data, cfg, "sgd", start=ldjax.Start(variables),
+                       hooks=ldjax.Hooks(on_epoch=lambda r: recs.append(r.to_json()),
+                                         progress=False))
       done[k] = dict(P=[r["scores"]["P"] for r in recs], stages=recs[0]["scores"]["stages"],
                      loss=[r["loss"] for r in recs], test_accuracy=summ.get("test_accuracy"),
                      wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0)
@@ -288,8 +289,9 @@ def validate(configs, rules=("paper", "stable"), bf16_configs: int | None = None
     path = OUT / f"validate_{rule}{part}.json"
     ldjax, jax, data, cfg, model, variables = _setup(c, decision_rule=rule, **over)
     recs, t0, cpu0 = [], time.time(), time.process_time()
-    summ = ldjax.fit(model, data, cfg, "drop", variables=variables, progress=False,
-                     on_epoch=recs.append)
+    summ = ldjax.fit(model, data, cfg, "drop", start=ldjax.Start(variables),
+                     hooks=ldjax.Hooks(on_epoch=lambda r: recs.append(r.to_json()),
+                                       progress=False))
     decisions = [None if r["decision"] is None else
                  {k2: v for k2, v in r["decision"].items() if k2 != "P_used"} for r in recs]
     done = _load(path)

@@ -11,7 +11,9 @@ The notebook API:
   ldjax.load_dataset     embedded, tfds, idx:DIR, npz:FILE
   ldjax.Config           every setting of a run, in groups (ldjax.runs.config);
                          Config.from_file / TrainConfig(**flat) make one
-  ldjax.fit              train one strategy: "sgd", "freeze" or "drop"
+  ldjax.fit              train one strategy: "sgd", "freeze" or "drop"; ldjax.Start what
+                         it starts from, ldjax.Hooks its callbacks, ldjax.EpochRecord
+                         what each epoch records (ldjax.train.records)
   ldjax.run_strategies   several strategies side by side, with a comparison table
   ldjax.compile_cache    JAX's persistent compilation cache (the command line's default)
   ldjax.Strategy         the three strategies, defined once
@@ -28,10 +30,13 @@ from ldjax.runs.config import Config, TrainConfig
 from ldjax.strategy import NAMES as STRATEGIES, Strategy
 from ldjax.train import scoring
 from ldjax.train.compare import run_strategies
-from ldjax.train.fit import fit
+from ldjax.train.continuation import Start
+from ldjax.train.fit import Hooks, fit
+from ldjax.train.records import EpochRecord, RunSummary
 
 __all__ = ["compile_cache", "scoring", "run_strategies", "STRATEGIES", "Strategy", "Config",
            "TrainConfig",
            "Dataset", "load_dataset", "UsageError", "TrainingDiverged", "Interrupted", "fit",
+           "Start", "Hooks", "EpochRecord", "RunSummary",
            "StagedModel", "apply_stages", "build_model"]
 __version__ = "0.1.0"

@@ -82,8 +82,9 @@ def adaptive_runs(tiny_data):
   out = {}
   for strategy, start in starts.items():
     records = []
-    summary = ldjax.fit(model, tiny_data, cfg, strategy, variables=variables, progress=False,
-                        on_epoch=records.append, drop=start)
+    summary = ldjax.fit(model, tiny_data, cfg, strategy, start=ldjax.Start(variables, start),
+                        hooks=ldjax.Hooks(on_epoch=lambda r: records.append(r.to_json()),
+                                          progress=False))
     out[strategy] = (summary, records)
   return model, out
 

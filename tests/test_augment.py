@@ -167,8 +167,9 @@ def runs(tiny_data):
                       lr=0.02, augment=augment, crop_store=store, crop_views=3)
     for s in strategies:
       records = []
-      summary = ldjax.fit(model, tiny_data, cfg, s, variables=variables, progress=False,
-                          on_epoch=records.append)
+      summary = ldjax.fit(model, tiny_data, cfg, s, start=ldjax.Start(variables),
+                          hooks=ldjax.Hooks(on_epoch=lambda r: records.append(r.to_json()),
+                                            progress=False))
       out[augment if store == "views" else "window", s] = summary, records
   return out
 

@@ -61,8 +61,9 @@ def runs(model, variables, tiny_data):
                             ("drop", "drop", cfg(budget=3.5, drop_at="1:4")),
                             ("drop-again", "drop", cfg(budget=3.5, drop_at="1:4"))):
     records = []
-    summary = ldjax.fit(model, tiny_data, c, strategy, variables=variables, progress=False,
-                        on_epoch=records.append)
+    summary = ldjax.fit(model, tiny_data, c, strategy, start=ldjax.Start(variables),
+                        hooks=ldjax.Hooks(on_epoch=lambda r: records.append(r.to_json()),
+                                          progress=False))
     out[name] = summary, records
   return out
 
@@ -174,10 +175,11 @@ def test_a_resumed_budget_run_ends_like_the_uninterrupted_one(model, variables, 
   run_dir = RunDir(tmp_path / "run")
   done = []
   with pytest.raises(Interrupted):
-    ldjax.fit(model, tiny_data, c, "drop", variables=variables, run_dir=run_dir,
-              progress=False, on_epoch=done.append, should_stop=lambda: len(done) >= 2)
-  resumed = ldjax.fit(model, tiny_data, c, "drop", variables=variables, run_dir=run_dir,
-                      resume=True, progress=False)
+    ldjax.fit(model, tiny_data, c, "drop", start=ldjax.Start(variables), run_dir=run_dir,
+              hooks=ldjax.Hooks(on_epoch=done.append, should_stop=lambda: len(done) >= 2,
+                                progress=False))
+  resumed = ldjax.fit(model, tiny_data, c, "drop", start=ldjax.Start(variables),
+                      run_dir=run_dir, resume=True, hooks=ldjax.Hooks(progress=False))
   ref, _ = runs["drop"]
   assert resumed["drop_events"] == ref["drop_events"] and resumed["steps"] == ref["steps"]
   assert resumed["budget"] == ref["budget"] and resumed["epochs"] == ref["epochs"]

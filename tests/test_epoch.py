@@ -43,15 +43,15 @@ def test_pending_drop_fills_the_store_showing_images_out_of_n(setup, tiny_data):
   done = list(range(0, n, cfg.run.batch_size))
   assert bar.postfix == [f"storing the outputs of stages 0-1: {d}/{n} images" for d in done]
   assert bar.updates == trainer.steps_per_epoch
-  assert out["extracted"] == (0, 2) and out["store"]["stage_range"] == [0, 2]
+  assert out.extracted == (0, 2) and out.store["stage_range"] == [0, 2]
   assert trainer.drop == DropState(cut=2, store_cut=2)
   assert trainer.store.complete and trainer.store.shape == (n, *trainer.shapes[1])
   assert trainer.compiled_for == (2, 2)
   # The next epoch reads the store: no extraction, no new compile.
   bar = Bar()
   out = trainer.run_epoch(2, bar)
-  assert bar.postfix == [] and out["extracted"] is None
-  assert out["times"]["compile_s"] == 0.0
+  assert bar.postfix == [] and out.extracted is None
+  assert out.times.compile_s == 0.0
 
 
 def test_a_store_that_cannot_be_made_leaves_the_stages_frozen(setup, tiny_data):
@@ -61,8 +61,8 @@ def test_a_store_that_cannot_be_made_leaves_the_stages_frozen(setup, tiny_data):
   trainer.drop = DropState(cut=2, pending=(0, 2))
   with pytest.warns(UserWarning, match="frozen"):
     out = trainer.run_epoch(1, Bar())
-  assert out["extracted"] is None and out["store"] is None
+  assert out.extracted is None and out.store is None
   assert trainer.drop == DropState(cut=2, store_cut=0)
   assert trainer.compiled_for == (0, 2) and trainer.store is None
   assert [f["stage_stop"] for f in trainer.keeper.fallbacks] == [2]
-  assert np.isfinite(out["loss"])
+  assert np.isfinite(out.loss)

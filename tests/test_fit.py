@@ -65,8 +65,9 @@ def train(model, data, cfg, strategy, variables, run_dir=None):
   with pytest.MonkeyPatch.context() as mp:
     for name in ("scored_train_step", "extract_features", "eval_step"):
       mp.setattr(steps, name, counting(getattr(steps, name), counts, name))
-    summary = ldjax.fit(model, data, cfg, strategy, variables=variables, run_dir=run_dir,
-                        progress=False, on_epoch=records.append)
+    summary = ldjax.fit(model, data, cfg, strategy, start=ldjax.Start(variables),
+                        run_dir=run_dir, hooks=ldjax.Hooks(
+                            on_epoch=lambda r: records.append(r.to_json()), progress=False))
   return summary, records, dict(counts)
 
 
@@ -425,7 +426,8 @@ def test_custom_model_with_parameterless_stage(tiny_data):
                       ("c1", "pool", "c2", "c3", "fc"), num_dense=1)
   records = []
   cfg = TrainConfig(epochs=3, warmup=1, lr=0.05, batch_size=64)
-  summary = ldjax.fit(model, tiny_data, cfg, "drop", progress=False, on_epoch=records.append)
+  summary = ldjax.fit(model, tiny_data, cfg, "drop", hooks=ldjax.Hooks(
+      on_epoch=lambda r: records.append(r.to_json()), progress=False))
   assert len(records) == 3 and all(np.isfinite(r["loss"]) for r in records)
   # No gradient reaches the pooling stage: P = 1 and AAPD = 0 (README, interpretation 5).
   assert records[0]["scores"]["P"][1] == 1.0

@@ -55,7 +55,8 @@ def test_bfloat16_freeze_equals_drop(model_and_vars, tiny_data):
   model, variables = model_and_vars
   cfg = TrainConfig(model="resnet18", width=0.0625, epochs=4, warmup=1, batch_size=64, lr=0.02,
                     precision="bfloat16")
-  out = {s: ldjax.fit(model, tiny_data, cfg, s, variables=variables, progress=False)
+  out = {s: ldjax.fit(model, tiny_data, cfg, s, start=ldjax.Start(variables),
+                     hooks=ldjax.Hooks(progress=False))
          for s in ("freeze", "drop")}
   assert out["drop"]["drop_events"] and out["drop"]["drop_events"] == out["freeze"]["drop_events"]
   for a, b in zip(jax.tree.leaves(out["freeze"]["variables"]),

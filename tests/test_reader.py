@@ -140,9 +140,10 @@ def test_fit_with_the_reader_equals_the_loops_own_reads(tiny_data, tmp_path):
   out = {}
   for threads in (0, 2):
     records = []
-    summary = ldjax.fit(model, tiny_data, cfg, "drop", variables=variables, progress=False,
-                        run_dir=RunDir(tmp_path / str(threads)), on_epoch=records.append,
-                        reader_threads=threads)
+    summary = ldjax.fit(model, tiny_data, cfg.replace(reader_threads=threads), "drop",
+                        start=ldjax.Start(variables), run_dir=RunDir(tmp_path / str(threads)),
+                        hooks=ldjax.Hooks(on_epoch=lambda r: records.append(r.to_json()),
+                                          progress=False))
     out[threads] = summary, records
   (a, ra), (b, rb) = out[0], out[2]
   assert a["drop_events"] == b["drop_events"] and a["final_store_cut"] == 2

@@ -84,7 +84,8 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore
 from ldjax.train import compare, optim
 from ldjax.train import epoch as loop
-from ldjax.train.fit import fit
+from ldjax.train.continuation import Start
+from ldjax.train.fit import Hooks, fit
 from orbax.checkpoint._src.path import async_path
 
 SPEC = json.loads(Path(sys.argv[1]).read_text())
@@ -208,7 +209,8 @@ def fit_job(job):
     if job.get("bad_labels_at") == [epoch, step]:
       DATA.y_train[:] = 10 * DATA.num_classes   # the next step's labels are read after this call
 
-  def on_epoch(rec):
+  def on_epoch(record):
+    rec = record.to_json()
     if job.get("snapshots"):
       wait_committed(workdir, rec["epoch"])
       shutil.copytree(workdir, f"{workdir}_after_epoch{rec['epoch']}")
@@ -223,10 +225,10 @@ def fit_job(job):
     try:
       # The injections above assume a batch is read when its step runs: no read-ahead
       # (tests/test_reader.py shows the reader changes nothing else).
-      summary = fit(MODEL, DATA, cfg, job.get("strategy", "drop"), variables=VARIABLES,
-                    run_dir=None if workdir is None else RunDir(workdir),
-                    resume=job.get("resume", False), progress=False, on_step=on_step,
-                    on_epoch=on_epoch, reader_threads=0)
+      summary = fit(MODEL, DATA, cfg.replace(reader_threads=0), job.get("strategy", "drop"),
+                    start=Start(VARIABLES), run_dir=None if workdir is None else RunDir(workdir),
+                    resume=job.get("resume", False),
+                    hooks=Hooks(on_step=on_step, on_epoch=on_epoch, progress=False))
       summary.pop("variables")
       result["summary"] = summary
     except Exception as e:

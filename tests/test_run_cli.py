@@ -37,6 +37,7 @@ FLAGS += ["--crop-store", "--crop-views", "--decision-rule", "--budget",
           "--cost-table"]    # the exact crop store, decision rules, compute budgets
 FLAGS += ["--config", "--set", "--presets", "--help-all", "--reference",
           "--lr-decay-factor"]   # settings from files, presets, the generated help
+FLAGS += ["--reader-threads"]   # the training loop's input threads
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:
@@ -139,11 +140,11 @@ def test_workdir_is_a_file(capsys, tmp_path):
 
 
 def test_help_mentions_every_flag(capsys):
-  assert run.main(["--help"]) == 0
+  assert run.main(["--help-all"]) == 0
   out = capsys.readouterr().out
   assert out.startswith("usage:")
-  # Each flag is described in the options list, not only named in the usage line.
-  options = out[out.index("\noptions:"):]
+  # Each flag is described in a group's list, not only named in the usage line.
+  options = out[out.index("\ncommand:"):]
   for flag in FLAGS:
     assert f"\n  {flag}" in options, flag
   for strategy in ("sgd", "freeze", "drop"):

@@ -10,7 +10,6 @@ nothing written.
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

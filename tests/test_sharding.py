@@ -140,12 +140,13 @@ run_dir = RunDir(os.path.join(spec["tmp"], "resume"))
 v0 = model.init(jax.random.key(0), data.image_shape)
 done = []
 try:
-  ldjax.fit(model, data, cfg, "drop", variables=v0, run_dir=run_dir, progress=False,
-            on_epoch=done.append, should_stop=lambda: len(done) >= 3)
+  ldjax.fit(model, data, cfg, "drop", start=ldjax.Start(v0), run_dir=run_dir,
+            hooks=ldjax.Hooks(on_epoch=done.append, should_stop=lambda: len(done) >= 3,
+                              progress=False))
 except Interrupted:
   pass
-s = ldjax.fit(model, data, cfg.replace(devices=2), "drop", variables=v0,
-              run_dir=run_dir, resume=True, progress=False)
+s = ldjax.fit(model, data, cfg.replace(devices=2), "drop", start=ldjax.Start(v0),
+              run_dir=run_dir, resume=True, hooks=ldjax.Hooks(progress=False))
 out["resumed"] = {k: s[k] for k in ("drop_events", "final_cut", "param_l2", "test_accuracy",
                                     "devices")} | {"stopped_after": len(done)}
 print("RESULT " + json.dumps(out))

@@ -40,8 +40,9 @@ def runs(tiny_data):
                                 ("drop_every", "drop", dict(test_every_epoch=True))):
     cfg = TrainConfig(val_size=96, **SETTINGS, **extra)
     records = []
-    summary = ldjax.fit(model, tiny_data, cfg, strategy, variables=variables, progress=False,
-                        on_epoch=records.append)
+    summary = ldjax.fit(model, tiny_data, cfg, strategy, start=ldjax.Start(variables),
+                        hooks=ldjax.Hooks(on_epoch=lambda r: records.append(r.to_json()),
+                                          progress=False))
     out[name] = summary, records
   return out
 

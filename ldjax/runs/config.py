@@ -1,7 +1,8 @@
 """A run's settings: `Config`, nested groups owned by the modules that use them.
 
     Config
-      run       RunSettings       here: epochs, batch size, seed, devices, TensorBoard
+      run       RunSettings       here: epochs, batch size, seed, devices, TensorBoard,
+                                  reader threads
       model     ModelSettings     ldjax.models.zoo
       data      DataSettings      ldjax.data.datasets
       folder    FolderOptions     ldjax.data.folder
@@ -46,6 +47,7 @@ from ldjax.errors import UsageError
 from ldjax.models.zoo import ModelSettings
 from ldjax.store.keeper import StoreSettings
 from ldjax.strategy import Strategy
+from ldjax.train import reader
 from ldjax.train.adaptive import AdaptiveSettings
 from ldjax.train.budget import BudgetSettings
 from ldjax.train.continuation import StartSettings
@@ -70,6 +72,10 @@ class RunSettings:
   tensorboard: bool = settings.setting(
       False, "also write TensorBoard event files into each run's directory (open them with "
       "'tensorboard --logdir WORKDIR'); metrics.csv is always written", resumable=True)
+  reader_threads: int | None = settings.setting(
+      None, "threads that read the next batches ahead while the devices compute (0: in the "
+      f"loop's thread; default {reader.DEFAULT_THREADS}); the same batches either way",
+      metavar="N", resumable=True)
 
   def check(self):
     settings.check_int(self.epochs, "run.epochs", "an integer > 0", lambda v: v > 0)
@@ -79,6 +85,14 @@ class RunSettings:
       settings.check_int(self.devices, "run.devices", "an integer > 0 (or unset for all)",
                          lambda v: v > 0)
     settings.check_bool(self.tensorboard, "run.tensorboard")
+    if self.reader_threads is not None:
+      settings.check_int(self.reader_threads, "run.reader_threads",
+                         "an integer >= 0 (or unset for the default)", lambda v: v >= 0)
+
+  @property
+  def threads(self) -> int:
+    """`reader_threads`, or `ldjax.train.reader.DEFAULT_THREADS` when unset."""
+    return reader.DEFAULT_THREADS if self.reader_threads is None else self.reader_threads
 
 
 GROUPS = {"run": RunSettings, "model": ModelSettings, "data": DataSettings,

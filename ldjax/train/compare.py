@@ -27,7 +27,7 @@ from ldjax.runs.workdir import RunDir
 from ldjax.train import budget, continuation
 from ldjax.train.continuation import Start
 from ldjax.train.epoch import Trainer
-from ldjax.train.fit import fit
+from ldjax.train.fit import Hooks, fit
 from ldjax.weights import init_from
 
 
@@ -108,11 +108,8 @@ def run_strategies(cfg: Config, strategies: Sequence[str], workdir: str | Path, 
                            image_shape=list(data.image_shape), num_classes=data.num_classes,
                            input_mean=list(data.mean), input_std=list(data.std),
                            class_names=data.class_names and list(data.class_names))
-    start = starts[strategy]
-    summary = fit(model, data, cfg, strategy, variables=start.variables, run_dir=run_dir,
-                  progress=progress, resume=resume, should_stop=should_stop, drop=start.drop,
-                  extra_summary={"continued_from": start.source,
-                                 "data_seen": [*start.data_seen, data.name]})
+    summary = fit(model, data, cfg, strategy, start=starts[strategy], run_dir=run_dir,
+                  resume=resume, hooks=Hooks(should_stop=should_stop, progress=progress))
     summary.pop("variables")
     summaries[strategy] = summary
     log(f"{strategy}: test accuracy {summary['test_accuracy']:.2f}%, "

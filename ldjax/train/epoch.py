@@ -55,8 +55,9 @@ from ldjax.train import (adaptive, budget, decisions, optim, programs, reader, s
                          sharding, steps)
 from ldjax.train.decisions import DropState
 from ldjax.train.evaluation import Evaluator
+from ldjax.train.records import EpochTimes
 
-__all__ = ["DropState", "Trainer", "param_l2"]
+__all__ = ["DropState", "EpochResult", "Trainer", "param_l2"]
 
 
 def param_l2(variables) -> float:
@@ -69,18 +70,33 @@ def _poll(should_stop) -> None:
     raise Interrupted()
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochResult:
+  """What `Trainer.run_epoch` trained: the head's scores (for the decision), its mean
+  loss and train accuracy (%) over `steps` steps, the epoch's times and CPU seconds,
+  and, when it filled a new store, the stage range `extracted` and the store's record."""
+  scores: scoring.ScoreState
+  loss: float
+  train_accuracy: float
+  steps: int
+  times: EpochTimes
+  cpu_s: float
+  extracted: tuple[int, int] | None
+  store: dict | None
+  augment: dict
+
+
 class Trainer:
   """State of one run (variables, optimizer states, drop state, stores, the compiled
   step); `fit` drives it epoch by epoch."""
 
   def __init__(self, model: StagedModel, data: Dataset, cfg: Config, strategy: str,
                variables: list[dict], run_dir: RunDir | None,
-               cost_table: budget.CostTable | None = None,
-               reader_threads: int = reader.DEFAULT_THREADS):
+               cost_table: budget.CostTable | None = None):
     self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
     # Threads that prepare the next batches while the devices compute (`ldjax.train.reader`;
     # 0: in the loop's thread). The same batches either way.
-    self.reader_threads = reader_threads
+    self.reader_threads = cfg.run.threads
     self._feeds_checked: set[tuple] = set()   # stores the bandwidth model has looked at
     self.strategy = Strategy(strategy)
     # This process's blocks of the training set (all of it, with one process).
@@ -292,12 +308,12 @@ class Trainer:
 
   # -- one epoch -----------------------------------------------------------------
 
-  def run_epoch(self, epoch: int, bar, should_stop=None, on_step=None) -> dict:
+  def run_epoch(self, epoch: int, bar, should_stop=None, on_step=None) -> EpochResult:
     """One epoch; after a drop decision it first fills the new store.
 
     The head's step (when the cut moved) compiles in a background thread
-    while the store fills; `times` splits the epoch's wall time into train,
-    extraction and the wait for compiles.
+    while the store fills; the result's `times` split the epoch's wall time into
+    train, extraction and the wait for compiles (its `eval_s` is 0: `fit` evaluates).
     """
     cpu0 = time.process_time()   # CPU seconds: unlike wall time, barely moved by other jobs
     times = dict(train_s=0.0, extract_store_s=0.0, compile_s=0.0)
@@ -334,9 +350,10 @@ class Trainer:
     self.opt_states[self.drop.cut:] = list(state.opt_state)
     extracted, store_info = self._commit_store(new_store)
     self.epochs_run = epoch + 1
-    return dict(times=times, cpu_s=cpu_s, scores=scores, extracted=extracted, store=store_info,
-                loss=loss, train_accuracy=accuracy, steps=len(metrics),
-                augment=self._augment_seen(store), input_wait_s=wait_s)
+    return EpochResult(scores=scores, loss=loss, train_accuracy=accuracy, steps=len(metrics),
+                       times=EpochTimes(**times, input_wait_s=wait_s), cpu_s=cpu_s,
+                       extracted=extracted, store=store_info,
+                       augment=self._augment_seen(store))
 
   def _fused(self, extract: steps.Compiled, tail):
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
