@@ -175,10 +175,10 @@ def test_init_from_refuses_other_models_widths_and_shapes(tmp_path, tiny):
                  "tensor stem/params/Conv_0/kernel has shape (3, 3, 3, 4)",
                  "the model's is (3, 3, 3, 8)")
   one_line_error(lambda: init_from(file, wide, abstract_variables(wide, SHAPE), width=0.125),
-                 "width 0.0625", "--width 0.0625")
+                 "width 0.0625", "model.width 0.0625")
   r50 = build_model("resnet50", SHAPE, 10, width=0.0625)
   one_line_error(lambda: init_from(file, r50, abstract_variables(r50, SHAPE)),
-                 "holds resnet18 weights", "--model resnet18")
+                 "holds resnet18 weights", "model.name resnet18")
   one_line_error(lambda: init_from(file, model, abstract_variables(model, SHAPE),
                                    image_shape=(28, 28, 3)), "32x32x3", "28x28x3")
   # A VGG's first dense layer depends on the input size.
