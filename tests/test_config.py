@@ -23,6 +23,7 @@ FLAGS = {
     "crop_pad": "augment.crop_pad", "val_size": "data.val_size", "devices": "run.devices",
     "max_batch_size": "adaptive.max_batch_size", "data_shards": "data.shards",
     "crop_views": "augment.crop_views", "budget": "budget.reference_epochs",
+    "reader_threads": "run.reader_threads",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -51,6 +52,7 @@ BAD = {
     "data_shards": (0, -1, 2.0, NAN, True, "2"),
     "crop_views": (0, -1, 2.0, NAN, True, "2"),
     "budget": (*NON_FINITE, 0.0, 0, -1, 0.5, True, "4"),   # under one reference epoch too
+    "reader_threads": (-1, 2.0, NAN, True, "2"),
 }
 # folder:DIR settings (ldjax.data.folder)
 FLAGS |= {"image_size": "folder.image_size", "channels": "folder.channels",
