@@ -110,7 +110,8 @@ CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--t
 def launch(processes: int, devices_each: int, workdir: Path, extra=()) -> list[tuple]:
   """Start the processes; each writes its output to files (a full pipe would block it)."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
+  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices_each} "
+                      "--xla_backend_optimization_level=0")   # as conftest.py
   port = free_port()
   logs = workdir.parent / f"{workdir.name}-logs"
   logs.mkdir(parents=True, exist_ok=True)
