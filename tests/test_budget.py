@@ -18,6 +18,7 @@ import pytest
 import ldjax
 from ldjax import run
 from ldjax.errors import Interrupted, UsageError
+from ldjax.models.staged import StagedModel
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
@@ -105,12 +106,25 @@ def test_same_table_same_run(runs):
   assert [r["lr"] for r in ra] == [r["lr"] for r in rb]
 
 
-def test_measured_table_has_every_entry_and_loads_back(model, variables, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def short_resnet(model):
+  """ResNet-18's stem, layer1.0, layer2.0 (stride 2, projection) and classifier: every
+  kind of stage with 3 conv stages, so that a measured table compiles 7 programs, not
+  ResNet-18's 25."""
+  keep = [model.stage_names.index(n) for n in ("stem", "layer1.0", "layer2.0", "fc")]
+  return StagedModel("resnet18_short", tuple(model.stages[i] for i in keep),
+                     tuple(model.stage_names[i] for i in keep))
+
+
+def test_measured_table_has_every_entry_and_loads_back(short_resnet, tiny_data, tmp_path):
+  model = short_resnet
+  variables = model.init(jax.random.key(0), tiny_data.image_shape)
   trainer = Trainer(model, tiny_data, cfg(budget=2, cost_table="measure"), "drop",
                     variables, None)
   table = trainer.costs
   assert table.source == "measure" and table.unit == "seconds per example"
   n = model.num_conv
+  assert n == 3
   assert (0, 0) in table.train and all((c, c) in table.train and (0, c) in table.train
                                        for c in range(1, n))
   assert all(v > 0 for v in table.train.values()) and len(table.extract) == n - 1

@@ -336,7 +336,10 @@ def test_folder_flags_need_a_folder(capsys, tmp_path):
 # --- a decode interrupted for real ------------------------------------------------------------
 
 SLOW_DECODE = """
-import sys, time
+import signal, sys, time
+# Ctrl-C as in a terminal, even where pytest runs with SIGINT ignored (started with `&`
+# by a script), which this process would inherit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from ldjax.data import images
 real = images.load_image
 def slow(*args, **kwargs):

@@ -2,8 +2,11 @@
 
 A write through a memory map into a sparse file on a full disk is a SIGBUS,
 not an OSError, so these tests use real filesystems (a tmpfs mounted for
-each test, unmounted after it; skipped where the test cannot mount one) and
-run the command line in subprocesses, where a SIGBUS shows as return code -7.
+each test or run, unmounted after it or when the session ends; skipped where
+the test cannot mount one) and run the command line in subprocesses, where a
+SIGBUS shows as return code -7. The command-line runs go on one after another
+in a thread (conftest.py starts them early, while other tests run); the tests
+read what they left.
 
 The runs are small (ResNet-18 at width 1/16, 600 embedded images, batch 64,
 lr 0.1: a drop of 4 stages after epoch 2, so epoch 3 fills a feature store
@@ -80,17 +83,24 @@ def small_fs(tmp_path):
     return directory
   yield mount
   for directory in mounted:
-    if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
-      subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+    unmount(directory)
+
+
+def unmount(directory: Path) -> None:
+  if subprocess.run(["umount", str(directory)], capture_output=True).returncode != 0:
+    subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 # -- the command line in a subprocess ------------------------------------------------
 
-def run_cli(workdir: Path, epochs: int, *extra: str, fooled_check: bool = False):
-  env = dict(os.environ)
+def run_cli(workdir: Path, epochs: int, *extra: str, fooled_check: bool = False,
+            base_env: dict | None = None):
+  env = dict(os.environ if base_env is None else base_env)
+  flags = env.get("XLA_FLAGS", "")
+  if "--xla_backend_optimization_level=0" not in flags:   # conftest.py sets it
+    flags += " --xla_backend_optimization_level=0"
   env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-             JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+             JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip())
   head = ["-c", FOOLED_CHECK] if fooled_check else ["-m", "ldjax.run"]
   argv = [sys.executable, *head, *ARGS, "--epochs", str(epochs), "--workdir", str(workdir),
           *extra]
@@ -113,11 +123,9 @@ def disk_bytes(directory: Path) -> int:
   return sum(-(-p.stat().st_size // PAGE) * PAGE for p in directory.rglob("*") if p.is_file())
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(workdir: Path, base_env: dict) -> dict:
   """The uninterrupted run in a normal directory, with the sizes the tests need."""
-  workdir = tmp_path_factory.mktemp("full_disk") / "reference"
-  r = run_cli(workdir, EPOCHS)
+  r = run_cli(workdir, EPOCHS, base_env=base_env)
   assert r.returncode == 0, r.stderr[-3000:]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   stores = [rec["store"]["bytes"] for rec in records if rec.get("store")]
@@ -193,21 +201,64 @@ def assert_frozen_instead(workdir: Path, reason: str) -> None:
   assert not list(workdir.rglob("features_*"))
 
 
-def test_store_that_cannot_fit_falls_back(small_fs, reference):
+def start_early(early, tmp_path_factory):
+  """The command-line runs, in a thread (conftest.py starts them early)."""
+  return early.start("full_disk", cli_runs_on_small_disks, early, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(early, tmp_path_factory):
+  return start_early(early, tmp_path_factory).result()
+
+
+def cli_runs_on_small_disks(early, tmp_path_factory) -> dict:
+  """The reference, then the runs of the tests below, each on a tmpfs of its own (kept
+  mounted for the tests to read, unmounted when the session ends)."""
+  root = tmp_path_factory.mktemp("full_disk")
+
+  def mount(name: str, size_kb: int) -> Path:
+    _mount(root / name, size_kb)   # skips (in the tests) where it cannot
+    early.at_end(lambda: unmount(root / name))
+    return root / name
+  mount("probe", 64)   # before the reference: a machine that cannot mount skips at once
+  env = early.env
+  reference = reference_run(root / "reference", env)
+  runs = {"reference": reference}
+  # The store cannot fit: the free-space check before it sees the shortfall, or is fooled.
+  for fooled in (False, True):
+    workdir = mount(f"store_{'fooled' if fooled else 'checked'}", store_fs_kb(reference)) / "run"
+    runs["store", fooled] = workdir, run_cli(workdir, STORE_EPOCHS, "--feature-memory-gb", "0",
+                                             fooled_check=fooled, base_env=env)
+  # Room for two checkpoints and a half; then the filesystem grows and the run resumes.
+  size = 2 * reference["checkpoint_bytes"] + reference["checkpoint_bytes"] // 2 + 64 * 1024
+  for check in ("checked", "fooled"):
+    mnt = mount(f"checkpoint_{check}", size // 1024)
+    workdir = mnt / "run"
+    stopped = run_cli(workdir, EPOCHS, fooled_check=check == "fooled", base_env=env)
+    checkpoints = workdir / "checkpoints"
+    left = {"checkpoints": sorted(p.name for p in checkpoints.iterdir())
+            if checkpoints.is_dir() else None,
+            "summary": (workdir / "summary.json").exists()}
+    remount(mnt, 64 * 1024)
+    resumed = run_cli(workdir, EPOCHS, "--resume", base_env=env)
+    runs["checkpoint", check] = {"mnt": mnt, "workdir": workdir, "stopped": stopped,
+                                 "left": left, "resumed": resumed}
+  return runs
+
+
+def test_store_that_cannot_fit_falls_back(cli_runs):
   """The free-space check before the store sees the shortfall: stages frozen, exit 0."""
-  workdir = small_fs(store_fs_kb(reference)) / "run"
-  r = run_cli(workdir, STORE_EPOCHS, "--feature-memory-gb", "0")
+  workdir, r = cli_runs["store", False]
   assert_no_signal(r)
   assert r.returncode == 0, r.stderr[-3000:]
   assert_frozen_instead(workdir, "free on disk")
 
 
-def test_store_filling_a_full_disk_falls_back_without_sigbus(small_fs, reference):
+def test_store_filling_a_full_disk_falls_back_without_sigbus(cli_runs):
   """The check is fooled (the disk filled after it): the store's reservation finds the
   disk full when the store is created, an OSError the keeper turns into the fallback.
   Before the reservation this run died by SIGBUS while filling the store."""
-  workdir = small_fs(store_fs_kb(reference)) / "run"
-  r = run_cli(workdir, STORE_EPOCHS, "--feature-memory-gb", "0", fooled_check=True)
+  workdir, r = cli_runs["store", True]
   assert_no_signal(r)
   assert r.returncode == 0, r.stderr[-3000:]
   assert_frozen_instead(workdir, "MB needed for features_0-")
@@ -215,28 +266,25 @@ def test_store_filling_a_full_disk_falls_back_without_sigbus(small_fs, reference
 
 
 @pytest.mark.parametrize("check", ["checked", "fooled"])
-def test_checkpoint_on_a_full_disk_stops_cleanly_and_resumes(small_fs, reference, check):
+def test_checkpoint_on_a_full_disk_stops_cleanly_and_resumes(cli_runs, check):
   """Room for two checkpoints and a half: the third fails, refused by the free-space
   check or (fooled) failing inside orbax. One line, exit 1, the two complete
   checkpoints kept (no temporary left); after the filesystem grows, --resume
   ends exactly like the uninterrupted reference."""
-  size = 2 * reference["checkpoint_bytes"] + reference["checkpoint_bytes"] // 2 + 64 * 1024
-  mnt = small_fs(size // 1024)
-  workdir = mnt / "run"
-  r = run_cli(workdir, EPOCHS, fooled_check=check == "fooled")
+  run = cli_runs["checkpoint", check]
+  mnt, workdir, r = run["mnt"], run["workdir"], run["stopped"]
   assert_no_signal(r)
   assert r.returncode == 1, (r.stdout[-2000:], r.stderr[-3000:])
   assert "Traceback" not in r.stderr, r.stderr[-3000:]
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith(f"no space left on {mnt}: "), last
   assert last.endswith(" MB needed; free space and rerun with --resume"), last
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
-  assert not (workdir / "summary.json").exists()
+  assert run["left"]["checkpoints"] == ["1", "2"]
+  assert not run["left"]["summary"]
 
-  remount(mnt, 64 * 1024)
-  r = run_cli(workdir, EPOCHS, "--resume")
+  r = run["resumed"]   # after the filesystem grew to 64 MB
   assert r.returncode == 0, r.stderr[-3000:]
-  got, want = summary(workdir), reference["summary"]
+  got, want = summary(workdir), cli_runs["reference"]["summary"]
   for key in ("drop_events", "final_cut", "final_store_cut", "store_fallbacks",
               "test_accuracy", "test_loss"):
     assert got[key] == want[key], key

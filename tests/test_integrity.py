@@ -168,8 +168,8 @@ def test_open_store_refuses_a_manifest_that_is_not_an_object(tmp_path, text):
 # -- a damaged store of a real run is refused, rebuilt, and the run ends the same --
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  return ft.shared_reference(tmp_path_factory)
+def reference(early, tmp_path_factory):
+  return ft.reference_run(early, tmp_path_factory).result()
 
 
 def first_store(reference) -> tuple[Path, int]:
@@ -178,10 +178,20 @@ def first_store(reference) -> tuple[Path, int]:
   return reference["snapshot"][event["epoch"] + 1], event["cut"]
 
 
+def start_early(early, tmp_path_factory):
+  """This module's jobs, in a thread, after the reference (conftest.py starts them early)."""
+  return early.start("integrity", run_integrity_jobs, early, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
-def integrity_runs(tmp_path_factory, reference):
+def integrity_runs(early, tmp_path_factory, reference):
+  return start_early(early, tmp_path_factory).result()
+
+
+def run_integrity_jobs(early, tmp_path_factory) -> dict:
   """All training jobs of this module (`damaged_jobs`, `fallback_jobs`): two processes
   side by side."""
+  reference = ft.reference_run(early, tmp_path_factory).result()
   root = tmp_path_factory.mktemp("integrity")
   groups = {"damaged": damaged_jobs(root / "damaged", reference),
             "fallback": fallback_jobs(root / "fallback", reference)}

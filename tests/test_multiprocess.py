@@ -107,10 +107,12 @@ CLI_ARGS = ["--model", "vgg11", "--width", "0.0625", "--train-size", "520", "--t
             "--no-progress"]
 
 
-def launch(processes: int, devices_each: int, workdir: Path, extra=()) -> list[tuple]:
+def launch(processes: int, devices_each: int, workdir: Path, extra=(), base_env=None
+           ) -> list[tuple]:
   """Start the processes; each writes its output to files (a full pipe would block it)."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_each}"
+  env = dict(os.environ if base_env is None else base_env)
+  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices_each} "
+                      "--xla_backend_optimization_level=0")   # as conftest.py
   port = free_port()
   logs = workdir.parent / f"{workdir.name}-logs"
   logs.mkdir(parents=True, exist_ok=True)
@@ -146,14 +148,23 @@ def summaries(workdir: Path) -> dict:
   return {s: json.loads((workdir / s / "summary.json").read_text()) for s in ("drop", "freeze")}
 
 
+def start_early(early, tmp_path_factory):
+  """The processes, in a thread (conftest.py starts it early)."""
+  return early.start("multiprocess", cluster_and_reference, tmp_path_factory, early.env)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(early, tmp_path_factory):
+  return start_early(early, tmp_path_factory).result()
+
+
+def cluster_and_reference(tmp_path_factory, base_env: dict) -> dict:
   # The two processes of the cluster, then the one-process reference: on 2 cores,
   # side by side they would only slow each other down.
   tmp = tmp_path_factory.mktemp("multiprocess")
-  two = results(launch(2, 2, tmp / "two"))
+  two = results(launch(2, 2, tmp / "two", base_env=base_env))
   # The training set in two blocks, as the two processes hold it: the same batches.
-  one = results(launch(1, 4, tmp / "one", ["--data-shards", "2"]))
+  one = results(launch(1, 4, tmp / "one", ["--data-shards", "2"], base_env=base_env))
   return {"two": two[0], "two_ranks": two, "one": one[0], "dirs": {"two": tmp / "two",
                                                                     "one": tmp / "one"}}
 

@@ -29,7 +29,8 @@ def test_convolutions_run_in_bfloat16_the_rest_in_float32(model_and_vars, tiny_d
   convs = [line for line in text.splitlines() if "conv_general_dilated" in line]
   assert convs and all("bf16" in line for line in convs)
   assert "bf16" not in str(jax.make_jaxpr(lambda v: fwd(v, jnp.float32))(variables))
-  out, new = fwd(variables, jnp.bfloat16)
+  # Jitted, as a run computes them (op by op, every primitive would compile on its own).
+  out, new = jax.jit(fwd, static_argnums=1)(variables, jnp.bfloat16)
   assert out.dtype == jnp.float32
   for leaf in jax.tree.leaves([v.get("batch_stats", {}) for v in new]):
     assert leaf.dtype == jnp.float32
@@ -41,7 +42,8 @@ def test_convolutions_run_in_bfloat16_the_rest_in_float32(model_and_vars, tiny_d
     logits, _ = fwd(v, dtype)
     return steps.cross_entropy(logits, jnp.asarray(tiny_data.y_train[:64]))
   params = [v.get("params", {}) for v in variables]
-  g16, g32 = jax.grad(loss)(params, jnp.bfloat16), jax.grad(loss)(params, jnp.float32)
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g16, g32 = grad(params, jnp.bfloat16), grad(params, jnp.float32)
   for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
     assert a.dtype == jnp.float32
   cos = lambda a, b: float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))  # noqa

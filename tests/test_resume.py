@@ -9,8 +9,9 @@ uninterrupted reference run ends.
 
 The runs are small (ResNet-18 at width 1/16, 600 embedded training images,
 batch 64, 5 epochs, lr 0.1, two drops forced by --drop-at) and costly
-on a CPU mostly through XLA compilation, so every subprocess shares one
-persistent JAX compilation cache and compiles at XLA's optimization level 0.
+on a CPU mostly through XLA compilation, so every subprocess uses the session's
+persistent JAX compilation cache and compiles at XLA's optimization level 0 (as
+conftest.py sets both up).
 The uninterrupted reference run is made once per test session and shared
 with `test_integrity.py`, with copies of its work directory taken after each
 epoch (a run killed between two epochs). The kill points are placed from the
@@ -30,11 +31,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from ldjax.runs import compile_cache
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 5
@@ -289,14 +291,28 @@ def shared_dir(tmp_path_factory) -> Path:
   return path
 
 
+_SESSION = {}   # "env": the environment as the session started (conftest.py's `early.env`)
+
+
+def use_session_env(early) -> None:
+  """Subprocesses get `early.env`: the jobs run in threads while tests in this process
+  may patch `os.environ`."""
+  _SESSION.setdefault("env", early.env)
+
+
 def subprocess_env(tmp_path_factory) -> dict:
-  cache = shared_dir(tmp_path_factory) / "jax_cache"
-  env = dict(os.environ)
+  env = dict(_SESSION.get("env") or os.environ)
+  # The session's compilation cache (conftest.py), which the command line's runs
+  # (`$LDJAX_COMPILATION_CACHE`) and test_full_disk.py's use too: the same programs
+  # compile once.
+  cache = env.get(compile_cache.ENV) or shared_dir(tmp_path_factory) / "jax_cache"
+  flags = env.get("XLA_FLAGS", "")
+  if "--xla_backend_optimization_level=0" not in flags:
+    flags += " --xla_backend_optimization_level=0"
   env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", XLA_FLAGS=flags.strip())
   return env
 
 
@@ -338,27 +354,6 @@ class Jobs:
 def run_jobs(tmp_path_factory, jobs: list[dict], *, killed: bool = False) -> list[dict]:
   """Runs `jobs` in one new process and waits for it (see `Jobs`)."""
   return Jobs(tmp_path_factory, jobs, killed=killed).result()
-
-
-class Background:
-  """fn(*args) in a thread; `result()` joins it and returns or re-raises."""
-
-  def __init__(self, fn, *args):
-    self.box = {}
-    self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-    self.thread.start()
-
-  def _run(self, fn, args):
-    try:
-      self.box["value"] = fn(*args)
-    except BaseException as e:   # re-raised by result()
-      self.box["error"] = e
-
-  def result(self):
-    self.thread.join()
-    if "error" in self.box:
-      raise self.box["error"]
-    return self.box["value"]
 
 
 def fit_job(workdir, *, memory=DISK, **kwargs) -> dict:
@@ -422,9 +417,22 @@ def last_kept(epochs_done: int) -> list[int]:
 
 # -- the reference ---------------------------------------------------------------
 
+def reference_run(early, tmp_path_factory):
+  """`shared_reference`, once per session, in a thread (conftest.py's `early`)."""
+  use_session_env(early)
+  return early.start("fault_tolerance_reference", shared_reference, tmp_path_factory)
+
+
+def start_early(early, tmp_path_factory):
+  """The kill chain and, beside it, the command-line runs, in threads, after the reference
+  (conftest.py starts them early)."""
+  chain, cli = start_chain(early, tmp_path_factory), start_cli_runs(early, tmp_path_factory)
+  return early.start("resume", lambda: (chain.result(), cli.result()))
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  return shared_reference(tmp_path_factory)
+def reference(early, tmp_path_factory):
+  return reference_run(early, tmp_path_factory).result()
 
 
 def test_reference_drops_twice(reference):
@@ -458,11 +466,20 @@ def chain_kills(reference) -> list[dict]:
           dict(kill_at=[e1, 0], memory=MEMORY), dict(kill_in_save=e1 + 1, memory=DISK)]
 
 
+def start_chain(early, tmp_path_factory):
+  return early.start("kill_chain", run_kill_chain, early, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
-def kill_chain(request, tmp_path_factory, reference):
+def kill_chain(request, early, tmp_path_factory, reference):
   if any({"cli_interrupted", "cli_resumed"} & set(item.fixturenames)
          for item in request.session.items):
-    start_cli_runs(tmp_path_factory)   # independent of the chain: meanwhile, in a thread
+    start_cli_runs(early, tmp_path_factory)   # independent of the chain: meanwhile
+  return start_chain(early, tmp_path_factory).result()
+
+
+def run_kill_chain(early, tmp_path_factory) -> dict:
+  reference = reference_run(early, tmp_path_factory).result()
   workdir = tmp_path_factory.mktemp("chain") / "run"
   segments = []
   for i, kill in enumerate(chain_kills(reference)):
@@ -571,7 +588,7 @@ def cli_argv(workdir, **overrides) -> list[str]:
   return args + ["--workdir", str(workdir)]
 
 
-def interrupt_cli_run(tmp_path_factory) -> dict:
+def interrupt_cli_run(early, tmp_path_factory) -> dict:
   """`python -m ldjax.run` stopped by one SIGINT once its first checkpoint exists.
 
   Returns rc, stderr, the work directory and a pristine copy of it (for the
@@ -579,7 +596,7 @@ def interrupt_cli_run(tmp_path_factory) -> dict:
   first, so the compilation cache is warm and the run cannot end before the
   signal.
   """
-  shared_reference(tmp_path_factory)
+  reference_run(early, tmp_path_factory).result()
   root = tmp_path_factory.mktemp("cli")
   workdir = root / "run"
   out, err = root / "stdout.txt", root / "stderr.txt"
@@ -625,26 +642,22 @@ def resume_cli_run(tmp_path_factory, cli_interrupted: dict) -> dict:
           "resumed": records[-1]}
 
 
-_CLI_RUNS = {}   # the CLI runs, started once per module (in a thread by `kill_chain`)
-
-
-def start_cli_runs(tmp_path_factory) -> Background:
-  if "runs" not in _CLI_RUNS:
-    def both():
-      interrupted = interrupt_cli_run(tmp_path_factory)
-      return interrupted, resume_cli_run(tmp_path_factory, interrupted)
-    _CLI_RUNS["runs"] = Background(both)
-  return _CLI_RUNS["runs"]
+def start_cli_runs(early, tmp_path_factory):
+  """The CLI runs, once per session, in a thread (beside the kill chain)."""
+  def both():
+    interrupted = interrupt_cli_run(early, tmp_path_factory)
+    return interrupted, resume_cli_run(tmp_path_factory, interrupted)
+  return early.start("cli_runs", both)
 
 
 @pytest.fixture(scope="module")
-def cli_interrupted(tmp_path_factory):
-  return start_cli_runs(tmp_path_factory).result()[0]
+def cli_interrupted(early, tmp_path_factory):
+  return start_cli_runs(early, tmp_path_factory).result()[0]
 
 
 @pytest.fixture(scope="module")
-def cli_resumed(tmp_path_factory):
-  return start_cli_runs(tmp_path_factory).result()[1]
+def cli_resumed(early, tmp_path_factory):
+  return start_cli_runs(early, tmp_path_factory).result()[1]
 
 
 def test_ctrl_c_exits_130_with_resume_command(cli_interrupted):

@@ -35,6 +35,7 @@ import pytest
 
 from ldjax import run
 from ldjax.errors import UsageError
+from ldjax.runs import compile_cache
 from ldjax.train import sharding
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,8 @@ def one_step(p, model, data, v0):
 
 RUNNER = r'''
 import contextlib, io, json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=4").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax
 import numpy as np
@@ -164,14 +166,26 @@ BAD = [
 ]
 
 
+def start_early(early, tmp_path_factory):
+  """The runner, in a thread (conftest.py starts it early)."""
+  return early.start("sharding", run_runner, tmp_path_factory, early.env)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(early, tmp_path_factory):
+  return start_early(early, tmp_path_factory).result()
+
+
+def run_runner(tmp_path_factory, base_env: dict) -> dict:
   tmp = tmp_path_factory.mktemp("sharding")
   spec = {"devices": list(DEVICES), "cli_devices": list(CLI_DEVICES), "cli_args": CLI_ARGS,
           "tmp": str(tmp),
           "bad": [CLI_ARGS + argv for argv, _ in BAD]}
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  # XLA's optimization level 0 and the session's compilation cache (conftest.py), for the
+  # command line and for the fits after it: the resumed run's 4-device epochs load the
+  # programs of the --devices 4 run.
+  env = dict(base_env, XLA_FLAGS="--xla_backend_optimization_level=0",
+             JAX_COMPILATION_CACHE_DIR=base_env[compile_cache.ENV])
   r = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(spec)], cwd=REPO, env=env,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-4000:]
