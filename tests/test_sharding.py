@@ -26,7 +26,6 @@ whose P' sit near 0 can flip a decision either way.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
