@@ -22,10 +22,13 @@ ARGS = ["--model", "vgg11", "--width", "0.0625", "--epochs", "3", "--warmup", "1
         "--epoch-timing-steps", "2", "--in-memory"]
 
 
-def test_tiny_benchmark(tmp_path, capsys):
+def test_tiny_benchmark(tmp_path, capsys, compilation_cache_dir):
   before = jax.config.jax_compilation_cache_dir
   out = tmp_path / "bench.json"
-  assert bench_drop.main(ARGS + ["--out", str(out)]) == 0
+  # The session's compilation cache (conftest.py), not a new one: the VGG's programs are
+  # those of test_fit.py's and test_epoch.py's VGG runs (the same settings).
+  assert bench_drop.main(ARGS + ["--out", str(out),
+                                 "--compilation-cache", str(compilation_cache_dir)]) == 0
   printed = capsys.readouterr().out
   assert jax.config.jax_compilation_cache_dir == before   # the cache setting is put back
   r = json.loads(out.read_text())

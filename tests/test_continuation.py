@@ -9,6 +9,10 @@ later epochs read them, Freeze keeps the prefix frozen in the forward pass,
 and the two end equal (the method's exactness, kept across runs). A stream
 of the two halves does the same in one command, and resumes after a real
 SIGKILL in its second chunk to the same result.
+
+The runs are `python -m ldjax.run` in subprocesses, one after another in a
+thread (conftest.py starts them early, while other tests run); the tests read
+what they left.
 """
 
 import json
@@ -40,15 +44,19 @@ def write_half(path: Path, data, half: int) -> Path:
   return path
 
 
-@pytest.fixture(scope="module")
-def halves(tmp_path_factory):
-  d = tmp_path_factory.mktemp("halves")
+def make_halves(directory: Path) -> tuple[Path, Path]:
   data = load_dataset("embedded", train_size=1024, test_size=256)
-  return write_half(d / "a.npz", data, 0), write_half(d / "b.npz", data, 1)
+  return write_half(directory / "a.npz", data, 0), write_half(directory / "b.npz", data, 1)
 
 
 def cli(*args) -> int:
   return run.main([*ARGS, *map(str, args)])
+
+
+def cli_process(env: dict, *args) -> subprocess.CompletedProcess:
+  """`python -m ldjax.run` with ARGS and `args`."""
+  return subprocess.run([sys.executable, "-m", "ldjax.run", *ARGS, *map(str, args)], env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def summary(path: Path) -> dict:
@@ -59,12 +67,42 @@ def records(path: Path) -> list[dict]:
   return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
+def start_early(early, tmp_path_factory):
+  """The runs, in a thread (conftest.py starts them early)."""
+  return early.start("continuation", all_runs, early, tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
-def first(halves, tmp_path_factory):
+def runs(early, tmp_path_factory):
+  return start_early(early, tmp_path_factory).result()
+
+
+def all_runs(early, tmp_path_factory) -> dict:
+  """The halves; `first`; `continued`; the stream killed in chunk 2 and resumed (which
+  loads the programs the first two compiled)."""
+  env = dict(early.env, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  halves = make_halves(tmp_path_factory.mktemp("halves"))
+  # Drop on the first half: 4 epochs, a drop after epoch 2.
+  first = tmp_path_factory.mktemp("first") / "run"
+  first_run = cli_process(env, "--dataset", f"npz:{halves[0]}", "--strategy", "drop",
+                          "--epochs", 4, "--workdir", first)
+  continued = tmp_path_factory.mktemp("continued") / "run"
+  continued_run = cli_process(env, "--continue-from", first, "--dataset", f"npz:{halves[1]}",
+                              "--strategy", "freeze,drop", "--epochs", 4, "--workdir", continued)
+  return {"halves": halves, "first": (first, first_run), "continued": (continued, continued_run),
+          "stream": stream_killed_and_resumed(halves, tmp_path_factory.mktemp("stream"), env)}
+
+
+@pytest.fixture(scope="module")
+def halves(runs):
+  return runs["halves"]
+
+
+@pytest.fixture(scope="module")
+def first(runs):
   """Drop on the first half: 4 epochs, a drop after epoch 2."""
-  workdir = tmp_path_factory.mktemp("first") / "run"
-  assert cli("--dataset", f"npz:{halves[0]}", "--strategy", "drop", "--epochs", 4,
-             "--workdir", workdir) == 0
+  workdir, r = runs["first"]
+  assert r.returncode == 0, r.stderr[-3000:]
   s = summary(workdir)
   assert s["drop_events"] and s["final_cut"] > 0, s["drop_events"]
   assert (workdir / continuation.WEIGHTS_FILE).exists()
@@ -72,10 +110,9 @@ def first(halves, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def continued(first, halves, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("continued") / "run"
-  assert cli("--continue-from", first, "--dataset", f"npz:{halves[1]}",
-             "--strategy", "freeze,drop", "--epochs", 4, "--workdir", workdir) == 0
+def continued(runs, first):
+  workdir, r = runs["continued"]
+  assert r.returncode == 0, r.stderr[-3000:]
   return workdir
 
 
@@ -195,12 +232,9 @@ def stream_argv(halves, workdir):
           "--workdir", str(workdir)]
 
 
-def test_stream_matches_continue_and_resumes_after_sigkill(halves, first, continued, tmp_path):
-  """The stream, SIGKILLed in chunk 2 and resumed, ends as `first` continued with --continue-from
-  (the same runs: chunk 1 is `first`'s settings, chunk 2 `continued`'s drop run)."""
-  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-  s2 = summary(continued / "drop")
-  killed = tmp_path / "killed"
+def stream_killed_and_resumed(halves, tmp: Path, env: dict) -> dict:
+  """The stream, SIGKILLed once chunk 2 has its second checkpoint, then resumed."""
+  killed = tmp / "killed"
   p = subprocess.Popen(stream_argv(halves, killed), env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
   checkpoints = killed / "chunk-2" / "checkpoints"
@@ -210,12 +244,24 @@ def test_stream_matches_continue_and_resumes_after_sigkill(halves, first, contin
                                     for c in checkpoints.iterdir()):
       break
     time.sleep(0.2)
-  assert p.poll() is None, "the stream ended before it could be killed in chunk 2"
+  out = {"killed": killed, "running_when_killed": p.poll() is None}
   p.send_signal(signal.SIGKILL)
   p.wait()
-  assert not (killed / "chunk-2" / "summary.json").exists()
-  r = subprocess.run(stream_argv(halves, killed) + ["--resume"], env=env, capture_output=True,
-                     text=True, timeout=600)
+  out["summary_after_kill"] = (killed / "chunk-2" / "summary.json").exists()
+  out["resumed"] = subprocess.run(stream_argv(halves, killed) + ["--resume"], env=env,
+                                  capture_output=True, text=True, timeout=600)
+  return out
+
+
+def test_stream_matches_continue_and_resumes_after_sigkill(runs, halves, first, continued):
+  """The stream, SIGKILLed in chunk 2 and resumed, ends as `first` continued with --continue-from
+  (the same runs: chunk 1 is `first`'s settings, chunk 2 `continued`'s drop run)."""
+  stream = runs["stream"]
+  s2 = summary(continued / "drop")
+  killed = stream["killed"]
+  assert stream["running_when_killed"], "the stream ended before it could be killed in chunk 2"
+  assert not stream["summary_after_kill"]
+  r = stream["resumed"]
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads((killed / "stream.json").read_text())["chunks"] == [
       f"npz:{halves[0]}", f"npz:{halves[1]}"]
