@@ -16,7 +16,6 @@ what they left.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
