@@ -20,7 +20,9 @@ Work done in subprocesses starts early (`early`): a module that defines
 `start_early(early, tmp_path_factory)` has it called when the session starts,
 one module after another in a background thread, so that its processes use the
 second core while this process compiles on one; its fixtures wait for the
-results. `LDJAX_TESTS_EARLY=0` starts each module's work when its tests come.
+results, and its tests run after the other modules' (which gives that work the
+whole session). `LDJAX_TESTS_EARLY=0` keeps the files' order and starts each
+module's work when its tests come.
 """
 
 import os
@@ -53,6 +55,18 @@ def tiny_data():
 
 
 # -- work started early, in threads -------------------------------------------------------
+
+def early_work_on() -> bool:
+  return os.environ.get("LDJAX_TESTS_EARLY", "1") != "0"
+
+
+def pytest_collection_modifyitems(session, config, items):
+  """The tests of modules with `start_early` after the others (each group in file order)."""
+  if early_work_on():
+    late = [hasattr(getattr(item, "module", None), "start_early") for item in items]
+    items[:] = ([i for i, x in zip(items, late) if not x]
+                + [i for i, x in zip(items, late) if x])
+
 
 class Background:
   """fn(*args) in a thread; `result()` joins it and returns or re-raises."""
@@ -121,7 +135,7 @@ def start_early_work(request, early, tmp_path_factory):
       except BaseException:   # pylint: disable=broad-except
         pass   # the module's fixture gets the same error
   lane = None
-  if starts and os.environ.get("LDJAX_TESTS_EARLY", "1") != "0":
+  if starts and early_work_on():
     lane = threading.Thread(target=one_after_another, daemon=True)
     lane.start()
   yield

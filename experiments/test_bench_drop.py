@@ -2,6 +2,13 @@
 
 The benchmark's numbers are timings (checked by running it, not here); this
 checks its bookkeeping on a VGG-11 at width 1/16 that drops after epoch 2.
+
+Not in the test suite (it was tests/test_bench_drop.py, about 20 s of the
+suite's time): it checks an experiment script, not the library, whose drop,
+extraction and timings tests/test_fit.py and tests/test_epoch.py cover. Run it
+after changing bench_drop.py or the public names it uses:
+
+  python -m pytest experiments/test_bench_drop.py
 """
 
 import json
@@ -22,13 +29,10 @@ ARGS = ["--model", "vgg11", "--width", "0.0625", "--epochs", "3", "--warmup", "1
         "--epoch-timing-steps", "2", "--in-memory"]
 
 
-def test_tiny_benchmark(tmp_path, capsys, compilation_cache_dir):
+def test_tiny_benchmark(tmp_path, capsys):
   before = jax.config.jax_compilation_cache_dir
   out = tmp_path / "bench.json"
-  # The session's compilation cache (conftest.py), not a new one: the VGG's programs are
-  # those of test_fit.py's and test_epoch.py's VGG runs (the same settings).
-  assert bench_drop.main(ARGS + ["--out", str(out),
-                                 "--compilation-cache", str(compilation_cache_dir)]) == 0
+  assert bench_drop.main(ARGS + ["--out", str(out)]) == 0
   printed = capsys.readouterr().out
   assert jax.config.jax_compilation_cache_dir == before   # the cache setting is put back
   r = json.loads(out.read_text())
