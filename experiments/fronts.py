@@ -76,6 +76,10 @@ def jobs(out: Path, seeds: list[int], budgets: list[float], ft_budgets: list[flo
           continue
         yield 0, [*base, "--strategy", s, "--budget", name(b)], \
             out / f"scratch/s{seed}/{s}{tag if s != 'sgd' else ''}-b{name(b)}"
+      # A bfloat16 store (issue 31, item 3): half the store's bytes; paired with the
+      # float32 Drop run of the same seed and budget. Only with --max-priority 3.
+      yield 3, [*base, "--strategy", "drop", "--budget", name(b), "--feature-dtype",
+                "bfloat16"], out / f"variants/s{seed}/drop{tag}-bf16-b{name(b)}"
   first, second = out / "finetune/first.npz", out / "finetune/second.npz"
   for seed in seeds[:1]:
     pre = out / f"finetune/s{seed}/pretrain"
