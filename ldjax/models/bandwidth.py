@@ -159,7 +159,7 @@ def warning(f: Feed, device: Device, where: str = "host") -> str | None:
   return (f"the head's steps at cut {f.cut} will be input-bound on {device.name}: "
           f"{f.batch_size * f.bytes_per_example / 1e6:.1f} MB per step from a store in "
           f"{where} memory take ~{1e3 * seconds:.2f} ms against ~{1e3 * f.compute_s:.2f} ms "
-          f"of compute ({f.intensity:.0f} FLOP/byte); a bfloat16 store (--feature-dtype) "
+          f"of compute ({f.intensity:.0f} FLOP/byte); a bfloat16 store (store.dtype) "
           f"halves the bytes")
 
 

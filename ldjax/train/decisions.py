@@ -175,7 +175,7 @@ def _forced(record: dict, p, state: DropState, strategy: Strategy, epoch: int,
     return {"scores": record, "decision": None}, state
   n = cut - state.cut
   if not 0 < n < len(p):   # the head's last conv stage is never dropped
-    raise ValueError(f"--drop-at {epoch + 1}:{cut} does not fit a head of stages "
+    raise ValueError(f"drop.drop_at {epoch + 1}:{cut} does not fit a head of stages "
                      f"{state.cut}-{state.cut + len(p) - 1} (last conv stage kept)")
   decision = {"forced": True, "n_star": n, "drop": True, "new_cut": cut}
   return {"scores": record, "decision": decision}, _dropped(state, n, scoring.standardize(p),

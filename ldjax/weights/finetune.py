@@ -131,7 +131,7 @@ def check_torch_target(path: Path, fmt: str, tensors: Mapping, model: StagedMode
                      "ResNet and VGG models only")
   if (family == "resnet") != (fmt == RESNET):
     raise UsageError(f"{path} holds {title} weights{looks}, the model is {model.name}; "
-                     f"build the model the file is of" + (f" (--model {guess})" if guess else ""))
+                     f"build the model the file is of" + (f" (model.name {guess})" if guess else ""))
   small = any((isinstance(s, ResNetStem) and not s.imagenet)
               or (isinstance(s, VGGConvStage) and s.ceil_pool) for s in model.stages)
   if small:
