@@ -20,7 +20,6 @@ from ldjax.errors import UsageError
 from ldjax.jsonio import read_json, write_json_atomic
 from ldjax.models.staged import StagedModel
 from ldjax.models.zoo import build_model
-from ldjax.reporting.report import report_comparison
 from ldjax.runs import cluster, compile_cache
 from ldjax.runs.config import Config
 from ldjax.runs.workdir import RunDir
@@ -115,7 +114,9 @@ def run_strategies(cfg: Config, strategies: Sequence[str], workdir: str | Path, 
     log(f"{strategy}: test accuracy {summary['test_accuracy']:.2f}%, "
         f"training time {summary['train_time_s']:.1f} s, drops {summary['drop_events']}")
   if len(strategies) > 1 and cluster.is_primary():   # comparison.md / .json (with time to
-    report_comparison(workdir)                       # accuracy), figures, report
+    # accuracy), figures, report; imported here: matplotlib costs every run's start-up
+    from ldjax.reporting.report import report_comparison  # pylint: disable=g-import-not-at-top
+    report_comparison(workdir)
   return summaries
 
 
