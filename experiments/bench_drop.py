@@ -69,7 +69,7 @@ from ldjax.runs import checkpoint, compile_cache  # noqa: E402
 from ldjax.runs.workdir import RunDir  # noqa: E402
 from ldjax.store import features as store  # noqa: E402
 from ldjax.store import keeper  # noqa: E402
-from ldjax.train import compare, scoring  # noqa: E402
+from ldjax.train import assembly, compare, evaluation, scoring, steps as train_steps  # noqa: E402
 from ldjax.train import epoch as loop  # noqa: E402
 from ldjax.train.continuation import Start  # noqa: E402
 from ldjax.train.fit import Hooks, fit  # noqa: E402
@@ -150,7 +150,7 @@ ONE_OFF = ("compilation (waits for head steps, extraction)", "setup (Trainer: ev
 
 # Everything fit does outside Trainer.run_epoch that may take time.
 TIMED = {
-    "setup (Trainer: eval compile, shapes, MACs)": (loop.Trainer, "__init__"),
+    "setup (Trainer: eval compile, shapes, MACs)": (assembly, "trainer_for"),
     "evaluation": (loop.Trainer, "evaluate"),
     "scoring and decision": (loop.Trainer, "score_and_decide"),
     "checkpoint save": (checkpoint.Checkpointer, "save"),
@@ -203,28 +203,51 @@ def _median_time(call, state, steps: int, repeats: int) -> tuple[float, object]:
   return float(np.median(per_step)), state
 
 
-def _device_input(trainer: loop.Trainer, start: int, batch: int, rng) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Timed:
+  """What the bare timings compile and run: a drop run's programs, test-set evaluator and
+  start state, built as `fit` builds them (`ldjax.train.assembly`), without a Trainer."""
+  data: object
+  programs: object        # ldjax.train.programs.Programs
+  evaluator: evaluation.Evaluator
+  variables: list
+  opt_states: list
+  key: jax.Array
+
+  @classmethod
+  def build(cls, model, data, cfg, variables) -> Timed:
+    programs = assembly.programs_for(model, data, cfg, variables)
+    _, _, programs = assembly.costs_for(model, cfg, programs)
+    variables, opt_states = assembly.start_state(programs, variables)
+    evaluator, _ = evaluation.evaluators(programs.net, data, variables,
+                                         batch_size=cfg.eval.batch_size,
+                                         memory_bytes=cfg.store.memory_bytes)
+    return cls(data, programs, evaluator, variables, opt_states,
+               programs.placement.replicate(jax.random.key(cfg.run.seed)))
+
+
+def _device_input(timed: Timed, start: int, batch: int, rng) -> jax.Array:
   """A batch of the step's input on the device: images, or features of stage start-1."""
   if start == 0:
-    return jax.device_put(trainer.data.x_train[:batch])
-  shape = (batch, *trainer.shapes[start - 1])
-  return jax.device_put(rng.standard_normal(shape).astype(trainer.feature_dtype))
+    return jax.device_put(timed.data.x_train[:batch])
+  shape = (batch, *timed.programs.shapes[start - 1])
+  return jax.device_put(rng.standard_normal(shape).astype(timed.programs.feature_dtype))
 
 
 class HeadTimer:
   """The head step for (store_cut, cut), compiled as the loop compiles it, with its own
   copy of the state and an input batch on the device; `time` runs it bare."""
 
-  def __init__(self, trainer: loop.Trainer, store_cut: int, cut: int):
-    self.compiled = trainer.compile_step(store_cut, cut)
-    bs = trainer.cfg.run.batch_size
-    # Copies: the step donates its state, and the trainer's variables are reused.
-    state = jax.tree.map(jnp.copy, trainer.head_state(cut))
+  def __init__(self, timed: Timed, store_cut: int, cut: int):
+    self.compiled = timed.programs.step(store_cut, cut)
+    bs = timed.programs.batch_size
+    # Copies: the step donates its state, and the start state is reused.
+    state = jax.tree.map(jnp.copy, train_steps.head_state(timed.variables, timed.opt_states, cut))
     self.carry = (state, scoring.init(state.params))
-    self.frozen = trainer.variables[store_cut:cut]
-    self.x = _device_input(trainer, store_cut, bs, np.random.default_rng(0))
-    self.y = jax.device_put(trainer.data.y_train[:bs])
-    self.key = trainer.key
+    self.frozen = timed.variables[store_cut:cut]
+    self.x = _device_input(timed, store_cut, bs, np.random.default_rng(0))
+    self.y = jax.device_put(timed.data.y_train[:bs])
+    self.key = timed.key
     self.step_ids = [jax.device_put(np.int32(i)) for i in range(64)]
 
   def _call(self, carry, i):
@@ -246,8 +269,8 @@ class EpochTimings:
   own time is subtracted from the run's wall time.
   """
 
-  def __init__(self, trainer: loop.Trainer, heads: dict, steps: int):
-    self.trainer, self.heads, self.steps = trainer, heads, steps
+  def __init__(self, timed: Timed, heads: dict, steps: int):
+    self.timed, self.heads, self.steps = timed, heads, steps
     self.step_s: list[float] = []   # per epoch
     self.spent = 0.0
 
@@ -255,29 +278,30 @@ class EpochTimings:
     t0 = time.perf_counter()
     pair = (record["stored_stages"], record["dropped_stages"])
     if pair not in self.heads:
-      self.heads[pair] = HeadTimer(self.trainer, *pair)
+      self.heads[pair] = HeadTimer(self.timed, *pair)
     self.step_s.append(self.heads[pair].time(self.steps))
     self.spent += time.perf_counter() - t0
 
 
-def time_evaluation(trainer: loop.Trainer, store_cut: int, repeats: int) -> float:
+def time_evaluation(timed: Timed, store_cut: int, repeats: int) -> float:
   """Median seconds of `Trainer.evaluate` as a drop run does it with `store_cut` dropped
-  stages (after a first call that caches their test-set outputs and compiles)."""
-  trainer.drop = dataclasses.replace(trainer.drop, store_cut=store_cut)
-  trainer.evaluate()
+  stages (its `Evaluator`, after a first call that caches their test-set outputs and
+  compiles)."""
+  evaluate = functools.partial(timed.evaluator.evaluate, timed.variables, store_cut, None)
+  evaluate()
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    trainer.evaluate()
+    evaluate()
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
 
 
-def time_extract(trainer: loop.Trainer, start: int, stop: int, steps: int, repeats: int) -> dict:
-  compiled = trainer.compile_extract(start, stop)
-  bs = trainer.cfg.run.batch_size
-  x = _device_input(trainer, start, bs, np.random.default_rng(1))
-  tail = trainer.variables[start:stop]
+def time_extract(timed: Timed, start: int, stop: int, steps: int, repeats: int) -> dict:
+  compiled = timed.programs.extraction(start, stop)
+  bs = timed.programs.batch_size
+  x = _device_input(timed, start, bs, np.random.default_rng(1))
+  tail = timed.variables[start:stop]
 
   def call(prev, i):
     return compiled.fn(tail, x)
@@ -315,8 +339,8 @@ def _bench(args, argv, cfg, cache) -> int:
                                 else repo_paths.rel(cache) if cache else "off"))
   data, model = compare.prepare(cfg, ["sgd", "drop"])
   variables = model.init(jax.random.key(cfg.run.seed), data.image_shape)
-  timer = loop.Trainer(model, data, cfg, "drop", variables, None)   # compiles the timed steps
-  spe, bs = timer.steps_per_epoch, cfg.run.batch_size
+  timer = Timed.build(model, data, cfg, variables)   # compiles the test evaluation
+  spe, bs = timer.programs.steps_per_epoch, cfg.run.batch_size
   rep(f"{model.name} width {cfg.model.width:g} on {data.name}: {len(data.x_train)} train / "
       f"{len(data.x_test)} test images {'x'.join(map(str, data.image_shape))}, batch {bs}, "
       f"{spe} steps per epoch, {cfg.run.epochs} epochs (warm-up {cfg.drop.warmup}), lr {cfg.optim.lr:g}")

@@ -1,16 +1,17 @@
 """Throughput on 1, 2 and 4 devices: SGD's step and Drop's head, with and without adaptive batch.
 
 Issue 15, item 6. For each device count n (default 1, 2, 4; those not
-visible are skipped and said so), one `ldjax.train.epoch.Trainer` with
-`--devices n` compiles, as a run compiles them (`Trainer.compile_step`, the
-same jitted programs with the batch sharded over a one-axis mesh):
+visible are skipped and said so), the `ldjax.train.programs.Programs` of a run
+with `--devices n` (`ldjax.train.assembly.programs_for`) compile, as a run
+compiles them (`Programs.step`, the same jitted programs with the batch
+sharded over a one-axis mesh):
 
-- `sgd`: the whole model's train step (`compile_step(0, 0)`), batch B;
-- `head`: Drop's head after a cut (`compile_step(cut, cut)`), reading a batch
-  of stored features (shape `trainer.shapes[cut - 1]`, the store's dtype),
+- `sgd`: the whole model's train step (`step(0, 0)`), batch B;
+- `head`: Drop's head after a cut (`step(cut, cut)`), reading a batch
+  of stored features (shape `programs.shapes[cut - 1]`, the store's dtype),
   batch B: `--adaptive-batch` off;
 - `head adaptive`: the same head as `--adaptive-batch` compiles it
-  (`Trainer.compile_head_step`): batch k x B, k from
+  (`Programs.head_step`): batch k x B, k from
   `ldjax.train.adaptive.multiplier` (halved where the device's memory is too
   small, GPUs only), its learning rate scaled. SGD never grows its batch, so
   it has no adaptive variant.
@@ -58,6 +59,7 @@ if DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [p for p in (os.path.dirname(HERE), HERE) if p not in sys.path]
@@ -70,8 +72,7 @@ from ldjax import run  # noqa: E402
 from ldjax.errors import UsageError  # noqa: E402
 from ldjax.models import costs  # noqa: E402
 from ldjax.runs import compile_cache  # noqa: E402
-from ldjax.train import adaptive, compare, scoring  # noqa: E402
-from ldjax.train import epoch as loop  # noqa: E402
+from ldjax.train import adaptive, assembly, compare, scoring, steps as train_steps  # noqa: E402
 
 BENCH_DEFAULTS = ["--model", "resnet18", "--width", "0.25", "--batch-size", "128",
                   "--adaptive-batch"]
@@ -119,29 +120,49 @@ class Report:
 
 # -- the timed steps -------------------------------------------------------------
 
+class Programmed(NamedTuple):
+  """A drop run's programs on n devices and its start state, built as `fit` builds them
+  (`ldjax.train.assembly`), without a Trainer."""
+  data: object
+  programs: object   # ldjax.train.programs.Programs
+  variables: list
+  opt_states: list
+  key: jax.Array
+
+  @classmethod
+  def build(cls, model, data, cfg, variables) -> Programmed:
+    programs = assembly.programs_for(model, data, cfg, variables)
+    _, _, programs = assembly.costs_for(model, cfg, programs)
+    variables, opt_states = assembly.start_state(programs, variables)
+    return cls(data, programs, variables, opt_states,
+               programs.placement.replicate(jax.random.key(cfg.run.seed)))
+
+
 class StepTimer:
   """One compiled train step with its own state and an input batch on the devices."""
 
-  def __init__(self, trainer: loop.Trainer, variant: str, cut: int, rng):
-    self.variant, self.devices = variant, trainer.placement.devices
+  def __init__(self, run: Programmed, variant: str, cut: int, rng):
+    programs = run.programs
+    self.variant, self.devices = variant, programs.placement.devices
     store_cut = cut = 0 if variant == "sgd" else cut
     if variant == "head adaptive":
-      self.compiled, self.k = trainer.compile_head_step(cut, cut)   # as --adaptive-batch does
+      self.compiled, self.k = programs.head_step(cut, cut)   # as --adaptive-batch does
     else:
-      self.compiled, self.k = trainer.compile_step(store_cut, cut), 1
-    self.cut, self.batch = cut, trainer.cfg.run.batch_size * self.k
-    p = trainer.placement
-    state = p.replicate(trainer.head_state(cut))   # a copy: the step donates it
+      self.compiled, self.k = programs.step(store_cut, cut), 1
+    self.cut, self.batch = cut, programs.batch_size * self.k
+    p = programs.placement
+    # A copy: the step donates it.
+    state = p.replicate(train_steps.head_state(run.variables, run.opt_states, cut))
     self.carry = (state, p.replicate(scoring.init(state.params)))
-    self.frozen = trainer.variables[store_cut:cut]   # empty: nothing frozen
-    data = trainer.data
+    self.frozen = run.variables[store_cut:cut]   # empty: nothing frozen
+    data = run.data
     if store_cut == 0:
       x = data.x_train[:self.batch]
     else:   # a batch read from the store: stage cut-1's maps, in the store's dtype
-      shape = (self.batch, *trainer.shapes[store_cut - 1])
-      x = rng.standard_normal(shape).astype(trainer.feature_dtype)
+      shape = (self.batch, *programs.shapes[store_cut - 1])
+      x = rng.standard_normal(shape).astype(programs.feature_dtype)
     self.x, self.y = p.put_batch(x), p.put_batch(data.y_train[:self.batch])
-    self.key = trainer.key
+    self.key = run.key
     self.i = 0
 
   def run(self, steps: int) -> tuple[float, float]:
@@ -251,15 +272,14 @@ def _bench(args, argv, cfg, counts, skipped, cache) -> int:
   timers: list[StepTimer] = []
   rng = np.random.default_rng(0)
   for n in counts:
-    trainer = loop.Trainer(model, data, cfg.replace(devices=n), "drop",
-                           variables, None)
+    built = Programmed.build(model, data, cfg.replace(devices=n), variables)
     for v in VARIANTS:
-      t = StepTimer(trainer, v, cut, rng)
+      t = StepTimer(built, v, cut, rng)
       t.run(args.warmup_steps)
       timers.append(t)
       print(f"(compiled {v} on {n} devices in {t.compiled.seconds:.2f} s)", file=sys.stderr,
             flush=True)
-    del trainer
+    del built
 
   # Interleaved rounds; the order rotates so each variant follows each other one.
   wall = {id(t): [] for t in timers}

@@ -9,10 +9,11 @@ For each row of `paper_configs.ROWS` (Tables 1-2):
    classes, so no download is needed);
 3. the model is built at the row's real width (1.0, unless --width says
    otherwise) and input size, and its parameters and forward MACs counted;
-4. a `ldjax.train.epoch.Trainer` is constructed (this compiles the full model's
-   evaluation step) and one epoch of exactly one step is run through
-   `Trainer.run_epoch`, the loop's own code path: the head step is compiled
-   for cut 0 and called once on one batch; then the test set is evaluated once.
+4. a `ldjax.train.epoch.Trainer` is built by `ldjax.train.assembly.trainer_for`
+   (this compiles the full model's evaluation step) and one epoch of exactly one
+   step is run through `Trainer.run_epoch`, the loop's own code path: the head
+   step is compiled for cut 0 and called once on one batch; then the test set is
+   evaluated once.
 
 The only departure from the paper's settings is the batch: 2 instead of 256
 (and 2 mock examples per split), so that a full-width ResNet-152 at 160 px
@@ -50,7 +51,7 @@ from ldjax.data.datasets import load_dataset  # noqa: E402
 from ldjax.errors import TrainingDiverged  # noqa: E402
 from ldjax.models import build_model, count_params  # noqa: E402
 from ldjax.strategy import Strategy  # noqa: E402
-from ldjax.train.epoch import Trainer  # noqa: E402
+from ldjax.train.assembly import trainer_for  # noqa: E402
 from ldjax.train.progress import progress_bar  # noqa: E402
 
 DEFAULT_BATCH = 2
@@ -100,9 +101,9 @@ def dry_run_row(row: dict, *, width: float | None = None, batch: int = DEFAULT_B
   variables = model.init(jax.random.key(small.run.seed), data.image_shape)
 
   t0 = time.perf_counter()
-  trainer = Trainer(model, data, small, "drop", variables, run_dir=None)
+  trainer = trainer_for(model, data, small, "drop", variables, run_dir=None)
   trainer_s = time.perf_counter() - t0
-  macs = trainer.macs   # costs.stage_macs, counted by the Trainer
+  macs = trainer.programs.macs   # costs.stage_macs, counted for the programs
   if trainer.steps_per_epoch != 1:
     raise AssertionError(f"expected one step per epoch, got {trainer.steps_per_epoch}")
   loss, error = math.nan, None
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.batch} instead of the paper's 256, through ldjax.train.epoch.Trainer.run_epoch.\n"
         f"jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} CPUs, load "
         f"{os.getloadavg()[0]:.1f}); stages = conv+dense; fwd GMAC per example; "
-        "eval cmp = compiling the full model's test step (Trainer construction).", flush=True)
+        "eval cmp = compiling the full model's test step (building the Trainer).", flush=True)
   print(HEADER + "\n" + "-" * len(HEADER), flush=True)
   results, t_all = [], time.perf_counter()
   for row in rows:

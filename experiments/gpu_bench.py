@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -54,7 +55,8 @@ from ldjax.data.datasets import Dataset, load_dataset  # noqa: E402
 from ldjax.models import bandwidth, costs  # noqa: E402
 from ldjax.models.zoo import build_model  # noqa: E402
 from ldjax.runs.config import TrainConfig  # noqa: E402
-from ldjax.train import compare, scoring, steps  # noqa: E402
+from ldjax.train import compare, scoring  # noqa: E402
+from ldjax.train.assembly import trainer_for  # noqa: E402
 from ldjax.train.decisions import DropState  # noqa: E402
 from ldjax.train.epoch import Trainer  # noqa: E402
 
@@ -107,18 +109,12 @@ def host_store(shape, n: int, seed: int = 0) -> np.ndarray:
   return np.concatenate([block] * -(-n // len(block)))[:n]
 
 
-def _merge(trainer: Trainer, cut: int, state) -> None:
-  trainer.variables[cut:] = steps.merge_variables(state.params, state.batch_stats)
-  trainer.opt_states[cut:] = list(state.opt_state)
-
-
-def host_epoch(trainer: Trainer, cut: int, read, threads: int, epoch: int) -> dict:
-  """One epoch of ldjax's own loop (`Trainer._train`) reading with `read`."""
+def host_epoch(trainer: Trainer, read, threads: int, epoch: int) -> dict:
+  """One epoch of ldjax's own loop (`Trainer.train_steps`) reading with `read`."""
   trainer.reader_threads = threads
   t0 = time.perf_counter()
-  state, _, metrics, wait_s = trainer._train(epoch, read, None, cut, Bar(), None, None)
+  _, metrics, wait_s = trainer.train_steps(epoch, read, Bar())
   seconds = time.perf_counter() - t0
-  _merge(trainer, cut, state)
   n = len(metrics) * trainer.batch_size
   return {"images_per_s": n / seconds, "seconds": seconds, "input_wait_s": wait_s,
           "input_wait_fraction": wait_s / seconds}
@@ -131,7 +127,7 @@ def device_epoch(trainer: Trainer, cut: int, source_dev, epoch: int, bare: bool)
   gather = jax.jit(lambda s, i: s[i], out_shardings=p.batch)
   state = trainer.head_state(cut)
   scores = p.replicate(scoring.init(state.params))
-  batches = trainer.blocks.batches(trainer.cfg.run.seed, epoch, trainer.batch_size)
+  batches = trainer.blocks.batches(trainer.seed, epoch, trainer.batch_size)
   y_dev = p.put_batch(trainer.y_train[batches[0]])
   x0 = gather(source_dev, p.put_batch(batches[0].astype(np.int32)))
   jax.block_until_ready(x0)
@@ -149,7 +145,7 @@ def device_epoch(trainer: Trainer, cut: int, source_dev, epoch: int, bare: bool)
       metrics[s - 2]["loss"].block_until_ready()
   jax.block_until_ready(state)
   seconds = time.perf_counter() - t0
-  _merge(trainer, cut, state)
+  trainer.merge_head(state)
   return {"images_per_s": len(batches) * trainer.batch_size / seconds, "seconds": seconds}
 
 
@@ -158,29 +154,29 @@ def throughput(size: Size, device: bandwidth.Device | None, log) -> list[dict]:
   model = build_model("resnet18", data.image_shape, 10, width=size.width)
   cfg = TrainConfig(model="resnet18", width=size.width, epochs=4, warmup=1,
                     batch_size=size.batch, lr=0.05, augment="flip,crop").resolved()
-  trainer = Trainer(model, data, cfg, "drop", model.init(jax.random.key(0), data.image_shape),
-                    None)
+  trainer = trainer_for(model, data, cfg, "drop",
+                        model.init(jax.random.key(0), data.image_shape), None)
   names = ["(images)", *model.stage_names]
   sc = costs.stage_costs(model, data.image_shape)
   rows = []
   for after in CUT_AFTER:
     cut = names.index(after) if after == "(images)" else model.stage_names.index(after) + 1
     t0 = time.perf_counter()
-    trainer.step_fn = trainer.compile_step(cut, cut)
-    trainer.step_k, trainer.compiled_for = 1, (cut, cut)
     trainer.drop = DropState(cut=cut, store_cut=cut)
+    trainer.compile_current_step()   # --adaptive-batch is off: batch B
     compile_s = time.perf_counter() - t0
     if cut == 0:
-      read = trainer._reader(trainer.draws(0), None)   # SGD: host augmentation
+      # SGD: host augmentation, as the loop reads images
+      read = functools.partial(trainer.draws(0).images, trainer.x_train)
       source = data.x_train
     else:
       source = host_store(trainer.shapes[cut - 1], size.n_train)
       read = source.__getitem__
     row = {"cut": cut, "after": after, "compile_s": compile_s,
            "row_bytes": int(source[0].nbytes)}
-    host_epoch(trainer, cut, read, 2, 0)   # warm-up: first-run allocations
-    row["host_sync"] = host_epoch(trainer, cut, read, 0, 1)
-    row["host_reader"] = host_epoch(trainer, cut, read, 2, 2)
+    host_epoch(trainer, read, 2, 0)   # warm-up: first-run allocations
+    row["host_sync"] = host_epoch(trainer, read, 0, 1)
+    row["host_reader"] = host_epoch(trainer, read, 2, 2)
     source_dev = jax.device_put(source, trainer.placement.replicated)
     row["device"] = device_epoch(trainer, cut, source_dev, 3, bare=False)
     row["bare"] = device_epoch(trainer, cut, source_dev, 4, bare=True)

@@ -12,7 +12,7 @@ from ldjax import summary
 from ldjax.models import bandwidth, costs
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
-from ldjax.train import epoch as loop
+from ldjax.train.assembly import trainer_for
 from ldjax.train.decisions import DropState
 
 TOY = bandwidth.Device("toy", {"float32": 1000.0, "bfloat16": 2000.0}, memory_bw=100.0,
@@ -87,7 +87,7 @@ def test_summary_prints_the_model(capsys, resnet18_cifar):
 def test_the_trainer_warns_once_per_store_when_input_bound(tiny_data, monkeypatch):
   model = build_model("vgg11", tiny_data.image_shape, tiny_data.num_classes, width=0.0625)
   cfg = TrainConfig(model="vgg11", width=0.0625, epochs=3, warmup=1, batch_size=64, lr=0.05)
-  trainer = loop.Trainer(model, tiny_data, cfg, "drop",
+  trainer = trainer_for(model, tiny_data, cfg, "drop",
                          model.init(jax.random.key(0), tiny_data.image_shape), None)
   trainer.drop = DropState(cut=2, store_cut=2)
   store = trainer.keeper.new(2)

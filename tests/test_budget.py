@@ -5,8 +5,8 @@ steps an epoch). Checked: the MAC table's entries; SGD spends its budget in
 whole steps with the schedule ending at it, and a partial last epoch; Drop's
 cheaper head buys it more steps than SGD for the same budget; a rerun with
 the same table gives the same decisions and weights; a measured table has
-every entry and loads back; bad tables and budgets are one-line errors before
-anything is written.
+every entry and loads back, and is measured from a run's programs without a
+Trainer; bad tables and budgets are one-line errors before anything is written.
 """
 
 import json
@@ -22,8 +22,9 @@ from ldjax.models.staged import StagedModel
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
-from ldjax.train import budget
-from ldjax.train.epoch import Trainer
+from ldjax.data.augment import ViewSource
+from ldjax.train import assembly, budget
+from ldjax.train.assembly import trainer_for
 
 WIDTH = 0.0625
 
@@ -119,8 +120,8 @@ def short_resnet(model):
 def test_measured_table_has_every_entry_and_loads_back(short_resnet, tiny_data, tmp_path):
   model = short_resnet
   variables = model.init(jax.random.key(0), tiny_data.image_shape)
-  trainer = Trainer(model, tiny_data, cfg(budget=2, cost_table="measure"), "drop",
-                    variables, None)
+  trainer = trainer_for(model, tiny_data, cfg(budget=2, cost_table="measure"), "drop",
+                        variables, None)
   table = trainer.costs
   assert table.source == "measure" and table.unit == "seconds per example"
   n = model.num_conv
@@ -141,6 +142,29 @@ def test_measured_table_has_every_entry_and_loads_back(short_resnet, tiny_data, 
     budget.CostTable.from_json(table.to_json() | {"train": {"0,0": 1.0}}, "t").check_for(
         model.name, model.stage_names, model.num_conv, tiny_data.image_shape,
         tiny_data.image_shape, "t")
+
+
+def test_measure_needs_only_the_programs_and_a_start_state(short_resnet, tiny_data):
+  # No Trainer: the programs of the run (`assembly`), the state to copy, the images.
+  model, c = short_resnet, cfg(budget=2, cost_table="measure")
+  variables = model.init(jax.random.key(0), tiny_data.image_shape)
+  programs = assembly.programs_for(model, tiny_data, c, variables)
+  macs, run_budget, programs = assembly.costs_for(model, c, programs)
+  assert macs.source == "macs" and programs.budget_steps == run_budget.total_steps
+  start, opt_states = assembly.start_state(programs, variables)
+  source = ViewSource(tiny_data.x_train, c.augment.for_images(tiny_data.image_shape))
+  table = budget.measure(model, programs, start, opt_states, source, seed=0, local_batch=64,
+                         repeats=1)
+  cuts = range(1, model.num_conv)
+  assert table.source == "measure" and set(table.train) == {(0, 0)} | {
+      (0, cut) for cut in cuts} | {(cut, cut) for cut in cuts}
+  assert set(table.extract) == {(0, cut) for cut in cuts}
+  assert all(v > 0 for v in table.train.values())
+  for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(variables), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # not donated
+  # A Trainer given a measured table charges it and measures nothing itself.
+  trainer = trainer_for(model, tiny_data, c, "drop", variables, None, cost_table=table)
+  assert trainer.costs is table and trainer.programs.budget_steps == trainer.budget.total_steps
 
 
 def test_table_for_another_model_or_malformed_is_refused(model, tiny_data, tmp_path):

@@ -35,7 +35,7 @@ from ldjax.models.staged import StagedModel, count_params, stage_output_shapes
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
-from ldjax.train import epoch as loop
+from ldjax.train.assembly import trainer_for
 from ldjax.train import scoring, steps
 
 WIDTH = 0.0625
@@ -183,7 +183,7 @@ def test_evaluation_on_cached_test_features(resnet, tiny_data, budget_gb):
   # them the whole model runs.
   cfg = resnet.cfg.replace(feature_memory_gb=budget_gb)
   variables = resnet.summary["drop"]["variables"]
-  trainer = loop.Trainer(resnet.model, tiny_data, cfg, "drop", variables, None)
+  trainer = trainer_for(resnet.model, tiny_data, cfg, "drop", variables, None)
   full = trainer.evaluate()
   assert trainer.evaluator.test_cut == 0
   for event in resnet.summary["drop"]["drop_events"]:

@@ -14,7 +14,7 @@ from ldjax.errors import Interrupted
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
 from ldjax.runs.workdir import RunDir
-from ldjax.train import epoch as loop
+from ldjax.train.assembly import trainer_for
 from ldjax.train.reader import ReadAhead
 
 
@@ -98,7 +98,7 @@ def test_bad_settings(kw):
 def vgg_trainer(tiny_data):
   model = build_model("vgg11", tiny_data.image_shape, tiny_data.num_classes, width=0.0625)
   cfg = TrainConfig(model="vgg11", width=0.0625, epochs=2, warmup=1, batch_size=64, lr=0.05)
-  return loop.Trainer(model, tiny_data, cfg, "sgd",
+  return trainer_for(model, tiny_data, cfg, "sgd",
                       model.init(jax.random.key(0), tiny_data.image_shape), None)
 
 

@@ -38,6 +38,7 @@ takes no decision.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -49,8 +50,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldjax import settings
+from ldjax.data.augment import ViewSource
 from ldjax.errors import UsageError
-from ldjax.train import scoring
+from ldjax.models.staged import StagedModel
+from ldjax.train import scoring, steps
+from ldjax.train.programs import Programs
 
 TABLE_FILE = "cost_table.json"
 SOURCES = ("macs", "measure")
@@ -241,9 +245,38 @@ class Budget:
             "source": self.table.source}
 
 
-def measure(trainer, repeats: int = 5) -> CostTable:
-  """The "measure" table of a `Trainer`'s model: seconds per example of each program,
+def table_for(spec: str, model: StagedModel, programs: Programs) -> CostTable:
+  """The table of `--cost-table` `spec` for `model`'s `programs`: training MACs ("macs",
+  also what "measure" starts from) or a file, checked against them."""
+  image_shape, view_shape = programs.net.image_shape, programs.view_net.image_shape
+  if spec not in SOURCES:
+    table = load_table(spec)
+    table.check_for(model.name, model.stage_names, model.num_conv, image_shape, view_shape,
+                    spec)
+    return table
+  return CostTable.from_macs(model.name, model.stage_names, image_shape, view_shape,
+                             programs.macs, programs.view_macs)
+
+
+def budget_for(table: CostTable, reference_epochs: float | None,
+               programs: Programs) -> tuple[Budget | None, Programs]:
+  """(budget, programs): the budget of `reference_epochs` (None: no budget) charged from
+  `table`, and `programs` with the learning-rate schedule it sets."""
+  if reference_epochs is None:
+    return None, programs.with_budget(None)
+  budget = Budget(table, reference_epochs, programs.n_train, programs.batch_size)
+  return budget, programs.with_budget(budget.total_steps)
+
+
+def measure(model: StagedModel, programs: Programs, variables: Sequence[dict],
+            opt_states: Sequence, source: ViewSource, *, seed: int, local_batch: int,
+            repeats: int = 5) -> CostTable:
+  """The "measure" table of `model`'s `programs`: seconds per example of each program,
   with the host work that feeds it.
+
+  `variables` and `opt_states` are a run's (on the programs' devices); `source` is
+  this process's training images as its stores' views (`ViewSource`), augmented with
+  `seed` as a run's first epoch; `local_batch` this process's rows of a batch.
 
   Compiles the whole model's step, Freeze's step at each cut (0, c), Drop's head
   step at each cut (c, c) and the extraction of stages [0, c), runs each once to
@@ -254,62 +287,64 @@ def measure(trainer, repeats: int = 5) -> CostTable:
     devices, the step;
   - a head step: its rows gathered from a store-sized array of features (random
     rows, as an epoch reads them), put, the step;
-  - an extraction: the stored views made from the images (`view_source`), put, the
+  - an extraction: the stored views made from the images (`source`), put, the
     stages, the output brought back to the host and written into a store array.
-  The values are zeros: a step's time does not depend on them. Nothing of the
-  trainer's state changes (its variables are copied before the steps donate them).
+  The values are zeros: a step's time does not depend on them. Nothing of
+  `variables` and `opt_states` changes (they are copied before the steps donate them).
   Compile times are not in the table (they depend on the machine and its cache; a
   run reports them beside the budget).
   """
-  n = trainer.model.num_conv
-  batch = trainer.local_batch
-  put = trainer.placement.put_local
+  n = model.num_conv
+  batch = local_batch
+  placement = programs.placement
+  put = placement.put_local
+  key = placement.replicate(jax.random.key(seed))
+  images, augment = source.images, source.augment
   rng = np.random.default_rng(0)
-  idx = rng.choice(len(trainer.x_train), batch, replace=False)
-  draws = trainer.augment.draws(trainer.cfg.run.seed, 0, len(trainer.x_train))
-  programs = {}
-  for key in [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]:
-    store_cut, cut = key
-    step = trainer.compile_step(store_cut, cut).fn
+  idx = rng.choice(len(images), batch, replace=False)
+  draws = augment.draws(seed, 0, len(images))
+  calls = {}
+  for cut_pair in [(0, 0)] + [(0, c) for c in range(1, n)] + [(c, c) for c in range(1, n)]:
+    store_cut, cut = cut_pair
+    step = programs.step(store_cut, cut).fn
     if store_cut == 0:
-      read = lambda: draws.images(trainer.x_train, idx)   # noqa: E731
+      read = lambda: draws.images(images, idx)   # noqa: E731
     else:   # a store of up to 64 MB: its rows read at random
-      shape = trainer.shapes[store_cut - 1]
-      row_bytes = int(np.prod(shape)) * trainer.feature_dtype.itemsize
-      rows = max(batch, min(trainer.augment.views * len(trainer.x_train), (64 << 20) // row_bytes))
-      feats = np.zeros((rows, *shape), trainer.feature_dtype)
+      shape = programs.shapes[store_cut - 1]
+      row_bytes = int(np.prod(shape)) * programs.feature_dtype.itemsize
+      rows = max(batch, min(augment.views * len(images), (64 << 20) // row_bytes))
+      feats = np.zeros((rows, *shape), programs.feature_dtype)
       read = lambda f=feats: f[np.sort(rng.choice(len(f), batch, replace=False))]  # noqa: E731
     y = put(np.zeros(batch, np.int32))
-    state = jax.tree.map(jnp.copy, trainer.head_state(cut))
-    carry = [state, trainer.placement.replicate(scoring.init(state.params))]
-    frozen = trainer.variables[store_cut:cut]
+    state = jax.tree.map(jnp.copy, steps.head_state(variables, opt_states, cut))
+    carry = [state, placement.replicate(scoring.init(state.params))]
+    frozen = variables[store_cut:cut]
 
     def call(step=step, carry=carry, frozen=frozen, read=read, y=y):
-      state, scores, m = step(*carry, frozen, put(read()), y, trainer.key, np.int32(0),
+      state, scores, m = step(*carry, frozen, put(read()), y, key, np.int32(0),
                               np.float32(0))
       carry[:] = [state, scores]
       jax.block_until_ready(m)
-    programs["train", key] = call
-  view = trainer.augment.view_shape(trainer.data.image_shape)
-  source = trainer.view_source
+    calls["train", cut_pair] = call
   view_rows = np.arange(batch) % len(source)
   for c in range(1, n):
-    extract = trainer._on_devices(trainer.compile_extract(0, c), trainer.variables[:c])
-    dest = np.empty((batch, *trainer.view_net.shapes[c - 1]), trainer.feature_dtype)
+    extract = programs.extraction(0, c)
+    on_devices = placement.local_rows(functools.partial(extract.fn, variables[:c]))
+    dest = np.empty((batch, *programs.view_net.shapes[c - 1]), programs.feature_dtype)
 
-    def call(f=extract, dest=dest):
+    def call(f=on_devices, dest=dest):
       dest[...] = np.asarray(f(source[view_rows]))
-    programs["extract", (0, c)] = call
-  times = {k: [] for k in programs}
-  for call in programs.values():
+    calls["extract", (0, c)] = call
+  times = {k: [] for k in calls}
+  for call in calls.values():
     call()   # warm-up
   for _ in range(repeats):
-    for k, call in programs.items():
+    for k, call in calls.items():
       t0 = time.perf_counter()
       call()
       times[k].append(time.perf_counter() - t0)
-  per = {k: float(np.median(v)) / trainer.cfg.run.batch_size for k, v in times.items()}
-  return CostTable("measure", "seconds per example", trainer.model.name,
-                   tuple(trainer.model.stage_names), tuple(trainer.data.image_shape),
-                   tuple(view), {k: v for (kind, k), v in per.items() if kind == "train"},
+  per = {k: float(np.median(v)) / programs.batch_size for k, v in times.items()}
+  return CostTable("measure", "seconds per example", model.name, tuple(model.stage_names),
+                   tuple(programs.net.image_shape), tuple(programs.view_net.image_shape),
+                   {k: v for (kind, k), v in per.items() if kind == "train"},
                    {k: v for (kind, k), v in per.items() if kind == "extract"})

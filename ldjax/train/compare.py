@@ -23,9 +23,8 @@ from ldjax.models.zoo import build_model
 from ldjax.runs import cluster, compile_cache
 from ldjax.runs.config import Config
 from ldjax.runs.workdir import RunDir
-from ldjax.train import budget, continuation
+from ldjax.train import assembly, budget, continuation, evaluation
 from ldjax.train.continuation import Start
-from ldjax.train.epoch import Trainer
 from ldjax.train.fit import Hooks, fit
 from ldjax.weights import init_from
 
@@ -199,7 +198,7 @@ def shared_cost_table(cfg: Config, model: StagedModel, data: Dataset, variables,
   path = workdir / budget.TABLE_FILE
   if not (resume and path.exists()):
     t0 = time.perf_counter()
-    table = Trainer(model, data, cfg, "drop", variables, None).costs
+    table = assembly.measured_table(model, data, cfg, variables)
     if cluster.is_primary():
       workdir.mkdir(parents=True, exist_ok=True)
       write_json_atomic(path, table.to_json())
@@ -218,5 +217,9 @@ def warm_cache(model: StagedModel, data: Dataset, cfg: Config, variables) -> flo
   run, each strategy's T includes the same load.
   """
   t0 = time.perf_counter()
-  Trainer(model, data, cfg, "sgd", variables, None).compile_first_step()
+  programs = assembly.programs_for(model, data, cfg, variables)
+  _, _, programs = assembly.costs_for(model, cfg, programs)
+  evaluation.evaluators(programs.net, data, variables, batch_size=cfg.eval.batch_size,
+                        memory_bytes=cfg.store.memory_bytes)
+  programs.step(0, 0)
   return time.perf_counter() - t0

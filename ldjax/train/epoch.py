@@ -18,13 +18,16 @@ I/O error) Drop keeps `store_cut` and the stages stay frozen instead.
 
 The model's variables stay one list (one dict per stage) and the head is a
 slice of it; the head step is compiled once per cut (`ldjax.train.programs`).
-The `Trainer` owns the run's state and calls the pieces that hold each idea:
-the feature stores' life cycle (`ldjax.store.keeper.StoreKeeper`), the
-compiled programs (`programs`), the decision (`decisions.score_and_decide`)
-and the test evaluation (`evaluation.Evaluator`). Its arrays live on the
-devices of a `sharding.Placement`: every batch is sharded over them before
-it enters a program, the variables, optimizer states and scores are
-replicated (`ldjax.train.sharding`).
+The `Trainer` owns the run's state and calls the pieces that hold each idea,
+which it is given (`ldjax.train.assembly.trainer_for` builds them from a
+run's settings): the feature stores' life cycle
+(`ldjax.store.keeper.StoreKeeper`), the compiled programs
+(`programs.Programs`), the cost table and budget (`budget`), and the test
+evaluation (`evaluation.Evaluator`); the decision is
+`decisions.score_and_decide`. Its arrays live on the devices of the
+programs' `sharding.Placement`: every batch is sharded over them before it
+enters a program, the variables, optimizer states and scores are replicated
+(`ldjax.train.sharding`).
 """
 
 from __future__ import annotations
@@ -39,25 +42,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldjax.data.augment import Draws, ViewSource
+from ldjax.data.augment import Augment, Draws, ViewSource, ViewTable
 from ldjax.data.batching import Blocks
 from ldjax.data.datasets import Dataset
 from ldjax.errors import Interrupted, TrainingDiverged
-from ldjax.models import bandwidth, costs
+from ldjax.models import bandwidth
 from ldjax.models.staged import StagedModel
-from ldjax.runs import cluster
-from ldjax.runs.config import Config
 from ldjax.runs.workdir import RunDir
-from ldjax.store.features import FeatureStore, storage_dtype
+from ldjax.store.features import FeatureStore
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import (adaptive, budget, decisions, optim, programs, reader, scoring,
-                         sharding, steps)
-from ldjax.train.decisions import DropState
+from ldjax.train import budget, decisions, reader, scoring, sharding, steps
+from ldjax.train.decisions import DropSettings, DropState
 from ldjax.train.evaluation import Evaluator
+from ldjax.train.programs import Programs
 from ldjax.train.records import EpochTimes
 
-__all__ = ["DropState", "EpochResult", "Trainer", "param_l2"]
+__all__ = ["DropState", "EpochResult", "Trainer", "param_l2", "train_block"]
 
 
 def param_l2(variables) -> float:
@@ -86,114 +87,105 @@ class EpochResult:
   augment: dict
 
 
+def train_block(data: Dataset, blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of this process's `blocks` of `data`'s training set."""
+  start, stop = blocks.start - data.train_start, blocks.stop - data.train_start
+  if start < 0 or stop > len(data.x_train):
+    raise ValueError(f"the dataset holds training examples [{data.train_start}, "
+                     f"{data.train_start + len(data.x_train)}), this process needs "
+                     f"[{blocks.start}, {blocks.stop})")
+  return data.x_train[start:stop], data.y_train[start:stop]
+
+
 class Trainer:
   """State of one run (variables, optimizer states, drop state, stores, the compiled
-  step); `fit` drives it epoch by epoch."""
+  step); `fit` drives it epoch by epoch. `ldjax.train.assembly.trainer_for` builds one
+  from a run's settings; the Trainer itself compiles only when an epoch needs it."""
 
-  def __init__(self, model: StagedModel, data: Dataset, cfg: Config, strategy: str,
-               variables: list[dict], run_dir: RunDir | None,
-               cost_table: budget.CostTable | None = None):
-    self.model, self.data, self.cfg, self.run_dir = model, data, cfg, run_dir
-    # Threads that prepare the next batches while the devices compute (`ldjax.train.reader`;
-    # 0: in the loop's thread). The same batches either way.
-    self.reader_threads = cfg.run.threads
-    self._feeds_checked: set[tuple] = set()   # stores the bandwidth model has looked at
+  def __init__(self, model: StagedModel, data: Dataset, strategy: str, *,
+               programs: Programs, variables: list[dict], opt_states: list,
+               blocks: Blocks, augment: Augment, view_table: ViewTable | None,
+               keeper: StoreKeeper, evaluator: Evaluator, val_evaluator: Evaluator | None,
+               costs: budget.CostTable, run_budget: budget.Budget | None,
+               drop_settings: DropSettings, seed: int, epochs: int,
+               reader_threads: int = reader.DEFAULT_THREADS, run_dir: RunDir | None = None):
+    """Args:
+      model, data: the staged model and the whole dataset (`blocks` says which of its
+        training examples are this process's).
+      strategy: "sgd", "freeze" or "drop".
+      programs: what the run compiles (`ldjax.train.programs.Programs`; its budget's
+        schedule set, `budget.budget_for`).
+      variables, opt_states: one entry per stage, on the programs' devices
+        (`Placement.replicate`: the steps donate them).
+      blocks: this process's blocks of the training set (`ldjax.data.batching`).
+      augment, view_table: the augmentation, and the fixed views of this process's
+        images (`Augment.view_table`, blocked) or None.
+      keeper: the feature stores (`ldjax.store.keeper.StoreKeeper`).
+      evaluator, val_evaluator: the test set's and the validation split's (or None)
+        `ldjax.train.evaluation.Evaluator`.
+      costs, run_budget: the cost table and the budget it charges (None: run.epochs).
+      drop_settings: the decision rule's settings (`decisions.DropSettings`).
+      seed, epochs: run.seed (data order, dropout, augmentation) and run.epochs.
+      reader_threads: threads that prepare the next batches while the devices compute
+        (`ldjax.train.reader`; 0: in the loop's thread). The same batches either way.
+      run_dir: the run's directory (None: nothing written).
+    """
+    self.model, self.data, self.run_dir = model, data, run_dir
     self.strategy = Strategy(strategy)
-    # This process's blocks of the training set (all of it, with one process).
-    self.blocks = Blocks.here(data.num_train, cfg.data.shards)
-    self.blocks.check_batch(cfg.run.batch_size)
-    self.n_train = self.blocks.used   # examples per epoch, over all processes
-    start, stop = self.blocks.start - data.train_start, self.blocks.stop - data.train_start
-    if start < 0 or stop > len(data.x_train):
-      raise ValueError(f"the dataset holds training examples [{data.train_start}, "
-                       f"{data.train_start + len(data.x_train)}), this process needs "
-                       f"[{self.blocks.start}, {self.blocks.stop})")
-    self.x_train, self.y_train = data.x_train[start:stop], data.y_train[start:stop]
-    self.steps_per_epoch = self.n_train // cfg.run.batch_size   # at --batch-size: the base step
-    self.placement = sharding.Placement.of(
-        sharding.device_count(cfg.run.devices, cfg.run.batch_size))
-    # A copy: the step donates its buffers, and callers reuse `variables`.
-    self.variables = self.placement.replicate(list(variables))
-    stage_costs = costs.stage_costs(model, data.image_shape)   # one abstract trace for both
-    self.shapes = [c.output_shape for c in stage_costs]
-    self.macs = [c.macs for c in stage_costs]
-    self.net = programs.Net(tuple(model.stages), tuple(data.image_shape), tuple(self.shapes),
-                            tuple(data.mean), tuple(data.std), cfg.model.precision,
-                            self.placement)
-    # Stores hold `views` maps per image: K exact views, or the padded image's with the
-    # crop's window (`ldjax.data.augment`).
-    self.augment = cfg.augment.for_images(data.image_shape)
-    self.view_table = self.augment.view_table(cfg.run.seed, data.num_train)
-    if self.view_table is not None:
-      self.view_table = self.view_table.block(self.blocks.start, self.blocks.stop)
-    self.view_net, self.view_macs = self.net, self.macs
-    if self.augment.view_shape(data.image_shape) != tuple(data.image_shape):
-      view_costs = costs.stage_costs(model, self.augment.view_shape(data.image_shape))
-      self.view_net = dataclasses.replace(
-          self.net, image_shape=self.augment.view_shape(data.image_shape),
-          shapes=tuple(c.output_shape for c in view_costs))
-      self.view_macs = [c.macs for c in view_costs]
+    self.programs = programs
+    self.blocks = blocks
+    self.x_train, self.y_train = train_block(data, blocks)
+    self.variables, self.opt_states = variables, opt_states
+    self.augment, self.view_table = augment, view_table
+    self.keeper = keeper
+    self.evaluator, self.val_evaluator = evaluator, val_evaluator
     # What steps and extractions cost (`ldjax.train.budget`): the budget charges them and
     # the stable rule's drops must pay for their extraction.
-    self.costs = cost_table or self._cost_table(cfg.budget.cost_table)
-    self._start_budget()
-    self.opt_states = self.placement.replicate(
-        [self.tx.init(v.get("params", {})) for v in self.variables])
+    self.costs, self.budget = costs, run_budget
+    self.drop_settings, self.seed, self.epochs = drop_settings, seed, epochs
+    self.reader_threads = reader_threads
+    self._feeds_checked: set[tuple] = set()   # stores the bandwidth model has looked at
     self.drop = DropState()
     self.epochs_run = 0
-    self.key = self.placement.replicate(jax.random.key(cfg.run.seed))
-    self.feature_dtype = storage_dtype(cfg.store.dtype)
-    self.keeper = StoreKeeper(
-        self.augment.views * len(self.x_train), self.view_net.shapes, cfg.store.dtype,
-        memory_budget_bytes=cfg.store.memory_bytes,
-        directory=None if run_dir is None else cluster.store_directory(run_dir.path),
-        agree=cluster.agree if jax.process_count() > 1 else None)
+    self.key = self.placement.replicate(jax.random.key(seed))
     self.step_fn: steps.Compiled | None = None
-    self.step_k = 1   # `step_fn`'s batch is cfg.run.batch_size * step_k (`ldjax.train.adaptive`)
+    self.step_k = 1   # `step_fn`'s batch is programs.batch_size * step_k (`ldjax.train.adaptive`)
     self.compiled_for: tuple[int, int] | None = None   # (store_cut, cut) of `step_fn`
-    room = dict(batch_size=cfg.eval.batch_size, memory_bytes=cfg.store.memory_bytes,
-                variables=self.variables)
-    self.evaluator = Evaluator(self.net, data.x_test, data.y_test, **room)
-    self.val_evaluator = None if data.x_val is None else Evaluator(
-        self.net, data.x_val, data.y_val, split="val", **room)
-    if cost_table is None and cfg.budget.cost_table == "measure":   # needs the programs above
-      self.costs = budget.measure(self)
-      self._start_budget()
 
-  def _cost_table(self, spec: str) -> budget.CostTable:
-    """`--cost-table`: training MACs ("macs", also what "measure" starts from), or a file."""
-    view_shape = self.augment.view_shape(self.data.image_shape)
-    if spec not in budget.SOURCES:
-      table = budget.load_table(spec)
-      table.check_for(self.model.name, self.model.stage_names, self.model.num_conv,
-                      self.data.image_shape, view_shape, spec)
-      return table
-    return budget.CostTable.from_macs(self.model.name, self.model.stage_names,
-                                      self.data.image_shape, view_shape, self.macs,
-                                      self.view_macs)
+  @property
+  def placement(self) -> sharding.Placement:
+    """The devices of the run's arrays and programs."""
+    return self.programs.placement
 
-  def _start_budget(self) -> None:
-    """The budget of --budget (from `costs`) and the optimizer whose schedule it sets."""
-    cfg = self.cfg
-    self.budget = None if cfg.budget.reference_epochs is None else budget.Budget(
-        self.costs, cfg.budget.reference_epochs, self.n_train, cfg.run.batch_size)
-    self.tx = optim.make_optimizer(cfg.optim, self.steps_per_epoch, self.schedule_steps,
-                                   budget_steps=self.budget_steps)
+  @property
+  def shapes(self) -> tuple[tuple[int, ...], ...]:
+    """The output shape of each stage on the head's input (no batch)."""
+    return self.programs.shapes
+
+  @property
+  def n_train(self) -> int:
+    """Examples per epoch, over all processes."""
+    return self.blocks.used
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Steps of --batch-size in an epoch: the base step."""
+    return self.programs.steps_per_epoch
 
   @property
   def budget_steps(self) -> int | None:
     """The schedule's length in base steps with a budget, else None (run.epochs)."""
-    return None if self.budget is None else self.budget.total_steps
+    return self.programs.budget_steps
 
   @property
   def schedule_steps(self) -> int:
     """The schedule's length in base steps without a budget: run.epochs of them."""
-    return self.cfg.run.epochs * self.steps_per_epoch
+    return self.programs.schedule_steps
 
   def has_epoch(self, epoch: int) -> bool:
     """Whether the run trains an epoch `epoch` (0-based): --epochs, or budget left."""
     if self.budget is None:
-      return epoch < self.cfg.run.epochs
+      return epoch < self.epochs
     return self.budget.steps_left(self.step_cost()) > 0
 
   def is_last(self, epoch: int) -> bool:
@@ -203,7 +195,7 @@ class Trainer:
   def step_cost(self) -> float:
     """What one step at the current cuts costs, per --batch-size (Freeze reads images)."""
     store_cut = self.drop.store_cut if self.strategy.caches else 0
-    return self.cfg.run.batch_size * self.costs.train_cost(store_cut, self.drop.cut)
+    return self.programs.batch_size * self.costs.train_cost(store_cut, self.drop.cut)
 
   def pays(self, new_cut: int, epoch: int) -> bool:
     """Whether dropping to `new_cut` after `epoch` saves more than its extraction costs:
@@ -215,7 +207,7 @@ class Trainer:
     if self.budget is not None:
       left = self.budget.total - self.budget.spent
       return (left - extract) / after > left / before
-    left = (self.cfg.run.epochs - epoch - 1) * self.n_train
+    left = (self.epochs - epoch - 1) * self.n_train
     return extract < left * (before - after)
 
   @property
@@ -230,61 +222,50 @@ class Trainer:
   def _evaluators(self) -> list[Evaluator]:
     return [e for e in (self.evaluator, self.val_evaluator) if e is not None]
 
-  # -- programs ------------------------------------------------------------------
-
-  def compile_step(self, store_cut: int, cut: int, k: int = 1) -> steps.Compiled:
-    """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen,
-    on batches of k x --batch-size (its learning rate scaled for them)."""
-    tx = self.tx if k == 1 else optim.make_optimizer(
-        self.cfg.optim, self.steps_per_epoch, self.schedule_steps, stride=k,
-        lr_factor=adaptive.lr_scale(k, self.cfg.adaptive.lr_rule),
-        budget_steps=self.budget_steps)
-    return programs.train_step(self.net, tx, programs.structs(self.variables),
-                               programs.structs(self.opt_states), store_cut, cut,
-                               self.cfg.run.batch_size * k, self.feature_dtype,
-                               label_smoothing=self.cfg.optim.label_smoothing)
-
-  def compile_head_step(self, store_cut: int, cut: int) -> tuple[steps.Compiled, int]:
-    """(step, k): the step of `compile_step` at the batch multiplier of `cut`, 1 unless
-    --adaptive-batch; halved while the step does not fit the device's memory."""
-    k = 1 if not self.cfg.adaptive.enabled else adaptive.multiplier(
-        self.macs, cut, batch_size=self.cfg.run.batch_size, n_train=self.n_train,
-        max_batch_size=self.cfg.adaptive.max_batch_size)
-    device = next(d for d in self.placement.mesh.devices.flat   # one of this process's
-                  if d.process_index == jax.process_index())
-    while True:
-      compiled = self.compile_step(store_cut, cut, k)
-      # With several processes only --max-batch-size caps k: their memory checks could
-      # disagree, and this runs in a thread, where a collective to agree could cross the
-      # main thread's (the processes must run the same steps).
-      if k == 1 or jax.process_count() > 1 or adaptive.fits_memory(compiled.fn, device):
-        return compiled, k
-      k //= 2
+  # -- the step --------------------------------------------------------------------
 
   @property
   def batch_size(self) -> int:
     """The batch of the current step (--batch-size, or grown by --adaptive-batch)."""
-    return self.cfg.run.batch_size * self.step_k
+    return self.programs.batch_size * self.step_k
 
-  def compile_first_step(self) -> None:
-    """Compiles the step of the first epoch now rather than when it starts."""
-    self.step_fn, self.step_k, self.compiled_for = self.compile_step(0, 0), 1, (0, 0)
-
-  def compile_extract(self, start: int, stop: int) -> steps.Compiled:
-    """Stages [start, stop) on a batch of stored views, out in the store's dtype."""
-    return programs.extraction(self.view_net, self.variables, start, stop, self.cfg.run.batch_size,
-                               in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
-                               sharded=True)
+  def compile_current_step(self) -> steps.Compiled:
+    """The head's step at the current cuts (`Programs.head_step`), compiled now unless
+    it already is (`run_epoch` compiles it, in the background, when the cut moves)."""
+    cuts = (self.drop.store_cut, self.drop.cut)
+    if self.compiled_for != cuts:
+      (self.step_fn, self.step_k), self.compiled_for = self.programs.head_step(*cuts), cuts
+    return self.step_fn
 
   def head_state(self, cut: int) -> steps.TrainState:
-    params, stats = steps.split_variables(self.variables[cut:])
-    return steps.TrainState(params, stats, self.opt_states[cut:])
+    return steps.head_state(self.variables, self.opt_states, cut)
+
+  def merge_head(self, state: steps.TrainState) -> None:
+    """Puts the trained head's `state` (of the current cut) back into the variables and
+    optimizer states."""
+    self.variables[self.drop.cut:] = steps.merge_variables(state.params, state.batch_stats)
+    self.opt_states[self.drop.cut:] = list(state.opt_state)
+
+  def train_steps(self, epoch: int, read, bar, should_stop=None, on_step=None):
+    """The epoch's steps of the head at the current cuts (`compile_current_step`), each
+    batch's input `read(examples)` (this process's indices -> the images or stored
+    features the head reads); the trained head goes back into the variables. Returns
+    (scores, per-step device metrics, seconds the loop waited for its input).
+
+    `run_epoch` is this and what comes around it (a store to fill, the compile in the
+    background, the augmented reads, the check of the loss); this runs the loop alone,
+    for a benchmark of its input."""
+    self.compile_current_step()
+    state, scores, metrics, wait_s = self._train(epoch, read, None, self.drop.store_cut, bar,
+                                                 should_stop, on_step)
+    self.merge_head(state)
+    return scores, metrics, wait_s
 
   # -- stores --------------------------------------------------------------------
 
   def rebuild_store(self, stop: int) -> float:
     """Recomputes the store of stages [0, stop) from the images; returns seconds."""
-    extract = self.compile_extract(0, stop)
+    extract = self.programs.extraction(0, stop)
     return self.keeper.rebuild(stop, self._on_devices(extract, self.variables[:stop]),
                                self.view_source, self.local_batch)
 
@@ -302,7 +283,7 @@ class Trainer:
     """The epoch's augmentation of this process's examples: once a prefix is frozen
     (Freeze and Drop after a decision), one of each image's fixed views."""
     fixed = self.strategy.decides and self.drop.cut > 0
-    return self.augment.draws(self.cfg.run.seed, epoch, self.data.num_train,
+    return self.augment.draws(self.seed, epoch, self.data.num_train,
                               self.view_table if fixed else None).block(
         self.blocks.start, self.blocks.stop)
 
@@ -346,8 +327,7 @@ class Trainer:
     times["train_s"] = time.perf_counter() - t0
     cpu_s = time.process_time() - cpu0
     loss, accuracy = self._check_finite(epoch, metrics)
-    self.variables[self.drop.cut:] = steps.merge_variables(state.params, state.batch_stats)
-    self.opt_states[self.drop.cut:] = list(state.opt_state)
+    self.merge_head(state)
     extracted, store_info = self._commit_store(new_store)
     self.epochs_run = epoch + 1
     return EpochResult(scores=scores, loss=loss, train_accuracy=accuracy, steps=len(metrics),
@@ -358,22 +338,19 @@ class Trainer:
   def _fused(self, extract: steps.Compiled, tail):
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
     with crop, is not a padded view: that needs its own program)."""
-    if self.view_net is not self.net or self.batch_size != self.cfg.run.batch_size:
-      start, stop = self.drop.pending
-      extract = programs.extraction(self.net, self.variables, start, stop, self.batch_size,
-                                    in_dtype=self.feature_dtype, out_dtype=self.feature_dtype,
-                                    sharded=True)
+    if self.programs.view_net is not self.programs.net or self.step_k != 1:
+      extract = self.programs.extraction(*self.drop.pending, self.step_k, views=False)
     return functools.partial(extract.fn, tail)
 
   @property
   def local_batch(self) -> int:
     """This process's rows of a batch of --batch-size (all of them with one process)."""
-    return self.cfg.run.batch_size // self.blocks.processes
+    return self.programs.batch_size // self.blocks.processes
 
   def _on_devices(self, extract: steps.Compiled, tail):
     """The extraction of `tail` as the keeper calls it: this process's rows of a batch
     in, its rows of the output back (when numpy reads them)."""
-    return lambda x: sharding.LocalRows(extract.fn(tail, self.placement.put_local(x)))
+    return self.placement.local_rows(functools.partial(extract.fn, tail))
 
   def _reader(self, draws: Draws, store: FeatureStore | None):
     """examples -> the head's (or its frozen stages') input: augmented images, or the
@@ -394,8 +371,9 @@ class Trainer:
       return
     self._feeds_checked.add(key)
     row = int(np.prod(store.shape[1:])) * store.dtype.itemsize
-    feed = bandwidth.feed(self.macs, row, self.drop.cut, device, batch_size=self.batch_size,
-                          precision=self.cfg.model.precision, store_cut=store.stage_range[1])
+    feed = bandwidth.feed(self.programs.macs, row, self.drop.cut, device,
+                          batch_size=self.batch_size, precision=self.programs.net.precision,
+                          store_cut=store.stage_range[1])
     message = bandwidth.warning(feed, device)
     if message is not None:
       warnings.warn(message, stacklevel=2)
@@ -425,7 +403,7 @@ class Trainer:
     store = self.keeper.new(stop)
     if store is None:
       return None, None
-    extract = self.compile_extract(start, stop)
+    extract = self.programs.extraction(start, stop)
     times["compile_s"] += extract.seconds
     return store, extract
 
@@ -439,7 +417,7 @@ class Trainer:
     if self.compiled_for == (step_cut, self.drop.cut):
       return None
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ldjax-compile")
-    future = pool.submit(self.compile_head_step, step_cut, self.drop.cut)
+    future = pool.submit(self.programs.head_step, step_cut, self.drop.cut)
     if new_store is not None:
       for evaluator in self._evaluators():
         evaluator.prefetch(pool, step_cut, self.variables, new_store)
@@ -472,7 +450,7 @@ class Trainer:
     scores = self.placement.replicate(scoring.init(state.params))
     frozen = self.variables[step_cut:cut]
     put = self.placement.put_local
-    batches = self.blocks.batches(self.cfg.run.seed, epoch, bs)
+    batches = self.blocks.batches(self.seed, epoch, bs)
     n_steps, cost = len(batches), self.step_cost() * self.step_k
     if self.budget is not None:   # the last epoch may stop early (at least one step)
       n_steps = max(1, min(n_steps, self.budget.steps_left(cost)))
@@ -536,10 +514,10 @@ class Trainer:
     self.keeper.replace(new_store)
     self.drop = self.drop.stored()
     plain = len(self.x_train) * int(np.prod(self.shapes[pending[1] - 1])) \
-        * self.feature_dtype.itemsize
+        * self.programs.feature_dtype.itemsize
     return pending, dict(bytes=new_store.nbytes, stage_range=[0, self.drop.store_cut],
                          backing="memory" if new_store.in_memory else "npy",
-                         dtype=self.cfg.store.dtype, views=self.augment.views,
+                         dtype=self.keeper.dtype_name, views=self.augment.views,
                          augment_extra_bytes=new_store.nbytes - plain)
 
   # -- evaluation and decisions --------------------------------------------------
@@ -555,13 +533,14 @@ class Trainer:
     """Scores the head's conv stages and updates the drop state (`decisions`)."""
     cut, n_conv = self.drop.cut, self.model.num_conv
     sums, abs_sums = jax.device_get((scores.sum[:n_conv - cut], scores.abs_sum[:n_conv - cut]))
-    rule = self.cfg.drop.decision_rule
+    settings = self.drop_settings
+    rule = settings.decision_rule
     # The stable rule also waits for the learning-rate warm-up to end.
-    warmup = self.cfg.drop.warmup if rule == "paper" else max(self.cfg.drop.warmup,
-                                                         self.cfg.optim.warmup_lr_epochs)
+    warmup = settings.warmup if rule == "paper" else max(
+        settings.warmup, self.programs.optim.warmup_lr_epochs)
     record, self.drop = decisions.score_and_decide(
         sums, abs_sums, self.drop, strategy=self.strategy, epoch=epoch, warmup=warmup,
         last=self.is_last(epoch), stage_names=self.model.stage_names[cut:n_conv],
-        cut_rule=self.cfg.drop.cut_rule, forced=self.cfg.drop.schedule, rule=rule,
+        cut_rule=settings.cut_rule, forced=settings.schedule, rule=rule,
         pays=None if rule == "paper" else lambda c: self.pays(c, epoch))
     return record

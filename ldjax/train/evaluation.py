@@ -21,6 +21,7 @@ import numpy as np
 
 from ldjax import settings
 from ldjax.data.batching import pad_rows
+from ldjax.data.datasets import Dataset
 from ldjax.store.features import FeatureStore
 from ldjax.train import programs, steps
 
@@ -42,6 +43,18 @@ class EvalSettings:
     settings.check_int(self.batch_size, "eval.batch_size", "an integer > 0", lambda v: v > 0)
     settings.check_int(self.every, "eval.every", "an integer > 0", lambda v: v > 0)
     settings.check_bool(self.test_every_epoch, "eval.test_every_epoch")
+
+
+def evaluators(net: programs.Net, data: Dataset, variables: list[dict], *, batch_size: int,
+               memory_bytes: int) -> tuple[Evaluator, Evaluator | None]:
+  """The `Evaluator`s of `data`'s test set and of its validation split (None without
+  one), each with its compiled whole-model evaluation; `batch_size` and `memory_bytes`
+  as `Evaluator`'s."""
+  room = dict(batch_size=batch_size, memory_bytes=memory_bytes, variables=variables)
+  test = Evaluator(net, data.x_test, data.y_test, **room)
+  val = None if data.x_val is None else Evaluator(net, data.x_val, data.y_val, split="val",
+                                                  **room)
+  return test, val
 
 
 class Evaluator:

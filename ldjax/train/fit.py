@@ -35,7 +35,7 @@ from ldjax.runs import cluster
 from ldjax.runs.checkpoint import KEEP, Checkpointer, check_compatible
 from ldjax.runs.config import FIELDS, Config
 from ldjax.runs.workdir import RunDir
-from ldjax.train import adaptive, continuation
+from ldjax.train import adaptive, assembly, continuation
 from ldjax.train.budget import TABLE_FILE
 from ldjax.train.continuation import Start
 from ldjax.train.decisions import DropState
@@ -111,7 +111,7 @@ def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
   data = with_validation(data, cfg.data.val_size)
   variables = (model.init(jax.random.key(cfg.run.seed), data.image_shape) if start is None
                else start.variables)
-  trainer = Trainer(model, data, cfg, strategy, variables, run_dir)
+  trainer = assembly.trainer_for(model, data, cfg, strategy, variables, run_dir)
   if start is not None and start.drop is not None:
     trainer.drop = start.drop
   ckpt = None if run_dir is None else Checkpointer(run_dir.path / "checkpoints")
@@ -137,7 +137,7 @@ def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
       while trainer.has_epoch(epoch):
         if ckpt is not None:   # the store's free-space check counts the checkpoints to come
           trainer.keeper.disk_reserve_bytes = _checkpoint_bytes_to_come(trainer, epoch)
-        rec, ev = _train_epoch(trainer, epoch, bar, ev, totals, hooks)
+        rec, ev = _train_epoch(trainer, cfg, epoch, bar, ev, totals, hooks)
         _save(trainer, ckpt, rec, _meta(trainer, epoch + 1, totals, ev, fp))
         if hooks.on_epoch is not None:
           hooks.on_epoch(rec)
@@ -148,7 +148,7 @@ def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
     if ckpt is not None:
       ckpt.close()
   seen = None if start is None else (*start.data_seen, name)
-  return _finish(trainer, run_dir, ev, totals, start, seen)
+  return _finish(trainer, cfg, run_dir, ev, totals, start, seen)
 
 
 def _normalized(data: Dataset, cfg: Config, strategy: str, start: Start) -> Dataset:
@@ -158,18 +158,18 @@ def _normalized(data: Dataset, cfg: Config, strategy: str, start: Start) -> Data
   return continuation.with_normalization(data, {strategy: start})
 
 
-def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: RunTotals,
-                 hooks: Hooks) -> tuple[EpochRecord, dict | None]:
+def _train_epoch(trainer: Trainer, cfg: Config, epoch: int, bar, ev: dict | None,
+                 totals: RunTotals, hooks: Hooks) -> tuple[EpochRecord, dict | None]:
   """Trains, decides and (when due) evaluates one epoch; adds to `totals`.
 
   Returns the epoch's metrics.jsonl record and the latest evaluation.
   """
   cut, store_cut = trainer.drop.cut, trainer.drop.store_cut
-  lr = _epoch_lr(trainer, epoch)
+  lr = _epoch_lr(trainer, cfg, epoch)
   out = trainer.run_epoch(epoch, bar, hooks.should_stop, hooks.on_step)
   decided = trainer.score_and_decide(out.scores, epoch)
   t0, eval_compiled = time.perf_counter(), trainer.eval_compile_s
-  now = _evaluate(trainer, epoch)
+  now = _evaluate(trainer, cfg, epoch)
   ev = NO_EVAL | (ev or {}) | now   # the latest evaluation of each split
   times = dataclasses.replace(out.times, eval_s=time.perf_counter() - t0)
   budget = {}
@@ -177,7 +177,7 @@ def _train_epoch(trainer: Trainer, epoch: int, bar, ev: dict | None, totals: Run
     totals.budget_spent = trainer.budget.spent
     totals.steps += out.steps
     budget = dict(steps=out.steps, budget_spent=trainer.budget.spent_epochs())
-  rec = _epoch_record(trainer, epoch, cut, store_cut, out, NO_EVAL | now, times, lr,
+  rec = _epoch_record(trainer, cfg, epoch, cut, store_cut, out, NO_EVAL | now, times, lr,
                       decided, budget)
   # Per example per epoch, times the examples this epoch trained on (fewer in a partial one).
   seen = trainer.n_train if trainer.budget is None else min(
@@ -194,11 +194,11 @@ def _shown(ev: dict | None) -> dict:
   return {}
 
 
-def _evaluate(trainer: Trainer, epoch: int) -> dict:
+def _evaluate(trainer: Trainer, cfg: Config, epoch: int) -> dict:
   """The evaluations due after `epoch`: every --eval-every epochs and after the last,
   the validation split if there is one (else the test set); the test set after the
   last epoch, and with --test-every-epoch whenever the validation split is."""
-  cfg, last = trainer.cfg, trainer.is_last(epoch)
+  last = trainer.is_last(epoch)
   due = (epoch + 1) % cfg.eval.every == 0 or last
   has_val = trainer.val_evaluator is not None
   out = trainer.evaluate("val") if due and has_val else {}
@@ -230,14 +230,14 @@ def _checkpoint_bytes_to_come(trainer: Trainer, epoch: int) -> int:
   return (KEEP + 1 - min(epoch, KEEP)) * nbytes
 
 
-def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: RunTotals,
-            start: Start | None, data_seen: tuple[str, ...] | None) -> dict:
+def _finish(trainer: Trainer, cfg: Config, run_dir: RunDir | None, ev: dict,
+            totals: RunTotals, start: Start | None, data_seen: tuple[str, ...] | None) -> dict:
   """The run's summary (written to summary.json, last) with its "variables"; frees the
   store."""
   summary = RunSummary(
       strategy=trainer.strategy.value, model=trainer.model.name, dataset=trainer.data.name,
       epochs=trainer.epochs_run, test_accuracy=ev["test_accuracy"], test_loss=ev["test_loss"],
-      val_accuracy=ev.get("val_accuracy"), val_size=trainer.cfg.data.val_size, totals=totals,
+      val_accuracy=ev.get("val_accuracy"), val_size=cfg.data.val_size, totals=totals,
       drop_events=list(trainer.drop.events), final_cut=trainer.drop.cut,
       final_store_cut=trainer.drop.store_cut, devices=trainer.placement.devices,
       store_fallbacks=trainer.keeper.fallbacks, param_l2=param_l2(trainer.variables),
@@ -247,7 +247,7 @@ def _finish(trainer: Trainer, run_dir: RunDir | None, ev: dict, totals: RunTotal
   if run_dir is not None and run_dir.writes:   # the weights first: a run with a summary has them
     data = trainer.data
     save_run_weights(run_dir.path, trainer.model, trainer.variables, {
-        "width": trainer.cfg.model.width, "batch_norm": trainer.cfg.model.batch_norm,
+        "width": cfg.model.width, "batch_norm": cfg.model.batch_norm,
         "image_shape": list(data.image_shape), "input_mean": list(data.mean),
         "input_std": list(data.std), "dataset": data.name, "strategy": trainer.strategy.value,
         "class_names": data.class_names and list(data.class_names), "resize": RESIZE_POLICY})
@@ -287,17 +287,17 @@ def _restore(trainer: Trainer, ckpt: Checkpointer, totals: RunTotals, fp: dict):
   return epoch, meta["eval"]
 
 
-def _epoch_lr(trainer: Trainer, epoch: int) -> float:
+def _epoch_lr(trainer: Trainer, cfg: Config, epoch: int) -> float:
   """The schedule's learning rate at the epoch's first step (before a grown batch's
   scale)."""
   steps = trainer.steps_per_epoch
   at = epoch * steps if trainer.budget is None else trainer.budget.progress()
   total = trainer.budget_steps or trainer.schedule_steps
-  return float(lr_schedule(trainer.cfg.optim, steps, total)(at))
+  return float(lr_schedule(cfg.optim, steps, total)(at))
 
 
-def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: EpochResult,
-                  ev: dict, times: EpochTimes, lr: float, decided: dict,
+def _epoch_record(trainer: Trainer, cfg: Config, epoch: int, cut: int, store_cut: int,
+                  out: EpochResult, ev: dict, times: EpochTimes, lr: float, decided: dict,
                   budget: dict) -> EpochRecord:
   """The metrics.jsonl line of one epoch.
 
@@ -308,19 +308,19 @@ def _epoch_record(trainer: Trainer, epoch: int, cut: int, store_cut: int, out: E
   `decided`: the decision rule's scores and decision; `budget`: steps and budget
   spent, with a budget.
   """
-  macs = trainer.macs
+  macs, view_macs = trainer.programs.macs, trainer.programs.view_macs
   extracted = out.extracted
   forward_from = extracted[1] if extracted else store_cut
   # The extraction runs once per stored view (of the padded image with crop).
-  extra = (trainer.augment.views * sum(trainer.view_macs[extracted[0]:extracted[1]])
+  extra = (trainer.augment.views * sum(view_macs[extracted[0]:extracted[1]])
            if extracted else 0)
   forward = sum(macs[forward_from:]) + extra
   train = sum(macs[forward_from:cut]) + costs.training_macs(macs, cut, "drop") + extra
-  lr_scale = adaptive.lr_scale(trainer.step_k, trainer.cfg.adaptive.lr_rule)
+  lr_scale = adaptive.lr_scale(trainer.step_k, cfg.adaptive.lr_rule)
   # What a step reads per example, a stored row or the uint8 image: with train_macs, the
   # numbers of the input-bandwidth model (`ldjax.models.bandwidth`).
-  input_bytes = (math.prod(trainer.view_net.shapes[forward_from - 1])
-                 * trainer.feature_dtype.itemsize if forward_from
+  input_bytes = (math.prod(trainer.programs.view_net.shapes[forward_from - 1])
+                 * trainer.programs.feature_dtype.itemsize if forward_from
                  else math.prod(trainer.data.image_shape))
   return EpochRecord(
       epoch=epoch + 1, strategy=trainer.strategy.value, lr=lr_scale * lr,

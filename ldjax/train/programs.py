@@ -9,6 +9,14 @@ run in a background thread while the train step donates the arrays:
 - `extraction`: stages [start, stop) in inference mode, for feature stores;
 - `evaluation`: summed test loss and correct count of stages [start, L).
 
+`Programs` is what one run compiles, made by `for_model` from the model, the
+shapes of its variables and data, the placement and the settings the programs
+read (batch size, store dtype, precision, the optimizer's and the adaptive
+batch's settings): its `step`, `head_step` and `extraction` give a run's
+programs for any cut, the same ones the `ldjax.train.epoch.Trainer` trains
+with, so that a benchmark or a cost measurement (`ldjax.train.budget.measure`)
+can compile them without a Trainer.
+
 The Net's `placement` (`ldjax.train.sharding`) says which devices a program
 runs on: each is compiled for batches sharded over the mesh's "data" axis and
 for replicated variables, states and scores; on one device the mesh has one
@@ -25,7 +33,13 @@ import jax
 import numpy as np
 import optax
 
-from ldjax.train import precision, scoring, steps
+from ldjax.models import costs
+from ldjax.models.staged import StagedModel
+from ldjax.store.features import storage_dtype
+from ldjax.train import scoring, steps
+from ldjax.train.adaptive import AdaptiveSettings, fits_memory, lr_scale, multiplier
+from ldjax.train.optim import OptimSettings, make_optimizer
+from ldjax.train.precision import compute_dtype
 from ldjax.train.sharding import Placement
 
 
@@ -49,7 +63,7 @@ class Net:
   def static(self) -> dict:
     """The static arguments every step shares: normalisation and compute dtype."""
     return dict(mean=self.mean, std=self.std,
-                compute_dtype=precision.compute_dtype(self.precision))
+                compute_dtype=compute_dtype(self.precision))
 
   def input_struct(self, start: int, batch: int, dtype) -> jax.ShapeDtypeStruct:
     """A batch entering stage `start`: uint8 images at 0, else features of `dtype`."""
@@ -101,3 +115,125 @@ def evaluation(net: Net, variables: Sequence[dict], start: int, batch: int) -> s
       net.input_struct(start, batch, np.float32), net.batch_struct((batch,), np.int32),
       net.batch_struct((batch,), np.bool_), out_shardings=net.placement.replicated,
       stages=net.stages[start:], **net.static)
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """What one run compiles, for any cut: everything its programs need but the values
+  of the variables (`for_model` makes it).
+
+  `net` runs on the head's input (images, or stored features), `view_net` on the
+  stored views the extractions read (the padded images with the window crop
+  store; else `net` itself). `variables` and `opt_states` are shapes only
+  (`structs`), one entry per stage. The optimizer follows `optim` over
+  `schedule_steps` base steps, or over `budget_steps` with a budget
+  (`with_budget`); a step on k x `batch_size` examples (`--adaptive-batch`) has
+  its learning rate scaled by `adaptive.lr_rule`.
+  """
+  net: Net
+  view_net: Net
+  macs: tuple[int, ...]        # per example, of each stage on `net`'s input
+  view_macs: tuple[int, ...]   # the same on `view_net`'s
+  variables: tuple             # structs of the variables
+  opt_states: tuple            # structs of the optimizer states
+  batch_size: int              # the base batch (--batch-size), over all processes
+  n_train: int                 # examples of one epoch, over all processes
+  feature_dtype: np.dtype      # of the stores
+  optim: OptimSettings
+  adaptive: AdaptiveSettings
+  schedule_steps: int          # the schedule's length without a budget, in base steps
+  budget_steps: int | None = None
+
+  @property
+  def placement(self) -> Placement:
+    return self.net.placement
+
+  @property
+  def shapes(self) -> tuple[tuple[int, ...], ...]:
+    """The output shape of each stage on the head's input (no batch)."""
+    return self.net.shapes
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Base steps (of `batch_size`) in an epoch."""
+    return self.n_train // self.batch_size
+
+  def with_budget(self, budget_steps: int | None) -> Programs:
+    """The same programs with the learning-rate schedule of a budget of `budget_steps`
+    base steps (`ldjax.train.budget`), or without a budget (None)."""
+    return dataclasses.replace(self, budget_steps=budget_steps)
+
+  def optimizer(self, k: int = 1) -> optax.GradientTransformation:
+    """The optimizer of a step on k x `batch_size` examples (its rate strided and scaled
+    for them, `ldjax.train.adaptive`)."""
+    if k == 1:
+      return make_optimizer(self.optim, self.steps_per_epoch, self.schedule_steps,
+                            budget_steps=self.budget_steps)
+    return make_optimizer(self.optim, self.steps_per_epoch, self.schedule_steps, stride=k,
+                          lr_factor=lr_scale(k, self.adaptive.lr_rule),
+                          budget_steps=self.budget_steps)
+
+  def step(self, store_cut: int, cut: int, k: int = 1) -> steps.Compiled:
+    """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen, on
+    batches of k x `batch_size`."""
+    return train_step(self.net, self.optimizer(k), self.variables, self.opt_states, store_cut,
+                      cut, self.batch_size * k, self.feature_dtype,
+                      label_smoothing=self.optim.label_smoothing)
+
+  def multiplier(self, cut: int) -> int:
+    """k of the head at `cut`: 1 unless `adaptive.enabled` (`ldjax.train.adaptive`)."""
+    if not self.adaptive.enabled:
+      return 1
+    return multiplier(self.macs, cut, batch_size=self.batch_size, n_train=self.n_train,
+                      max_batch_size=self.adaptive.max_batch_size)
+
+  def head_step(self, store_cut: int, cut: int) -> tuple[steps.Compiled, int]:
+    """(step, k): the `step` of (store_cut, cut) at the head's batch multiplier
+    (`multiplier`), halved while the step does not fit the device's memory."""
+    k = self.multiplier(cut)
+    device = next(d for d in self.placement.mesh.devices.flat   # one of this process's
+                  if d.process_index == jax.process_index())
+    while True:
+      compiled = self.step(store_cut, cut, k)
+      # With several processes only --max-batch-size caps k: their memory checks could
+      # disagree, and this runs in a thread, where a collective to agree could cross the
+      # main thread's (the processes must run the same steps).
+      if k == 1 or jax.process_count() > 1 or fits_memory(compiled.fn, device):
+        return compiled, k
+      k //= 2
+
+  def extraction(self, start: int, stop: int, k: int = 1, *,
+                 views: bool = True) -> steps.Compiled:
+    """Stages [start, stop) on a batch of k x `batch_size` stored views (`views`; on the
+    head's input else), out in the store's dtype, sharded like its input (each process
+    reads its own rows: `Placement.local_rows`)."""
+    return extraction(self.view_net if views else self.net, self.variables, start, stop,
+                      self.batch_size * k, in_dtype=self.feature_dtype,
+                      out_dtype=self.feature_dtype, sharded=True)
+
+
+def for_model(model: StagedModel, variables: Sequence[dict], *, image_shape, mean, std,
+              view_shape, placement: Placement, batch_size: int, n_train: int, epochs: int,
+              precision: str, feature_dtype: str, optim: OptimSettings,
+              adaptive: AdaptiveSettings) -> Programs:
+  """The `Programs` of a run of `model` (its `variables`: arrays or shapes) on images of
+  `image_shape` normalised with `mean` and `std`, whose stores hold views of
+  `view_shape`; `n_train` examples an epoch, `epochs` of them without a budget.
+  `precision`: of the matrix products; `feature_dtype`: the stores' (store.dtype)."""
+  stage_costs = costs.stage_costs(model, image_shape)   # one abstract trace for both
+  shapes = tuple(c.output_shape for c in stage_costs)
+  net = Net(tuple(model.stages), tuple(image_shape), shapes, tuple(mean), tuple(std),
+            precision, placement)
+  view_net, macs = net, tuple(c.macs for c in stage_costs)
+  view_macs = macs
+  if tuple(view_shape) != tuple(image_shape):
+    view_costs = costs.stage_costs(model, tuple(view_shape))
+    view_net = dataclasses.replace(net, image_shape=tuple(view_shape),
+                                   shapes=tuple(c.output_shape for c in view_costs))
+    view_macs = tuple(c.macs for c in view_costs)
+  schedule_steps = epochs * (n_train // batch_size)
+  tx = make_optimizer(optim, n_train // batch_size, schedule_steps)
+  opt_states = [jax.eval_shape(tx.init, v.get("params", {})) for v in variables]
+  return Programs(net, view_net, macs, view_macs, tuple(structs(list(variables))),
+                  tuple(structs(opt_states)), batch_size, n_train, storage_dtype(feature_dtype),
+                  optim, adaptive, schedule_steps)

@@ -134,6 +134,12 @@ class Placement:
       return jax.tree.map(lambda a: _replicated_copy(a, self.replicated), tree)
     return jax.device_put(jax.tree.map(jnp.copy, tree), self.replicated)
 
+  def local_rows(self, fn):
+    """`fn` of a batch as one process calls it: its rows of the global batch in (numpy,
+    `put_local`), its rows of the output back when numpy reads them (`LocalRows`), so
+    the host can go on while the devices compute."""
+    return lambda x: LocalRows(fn(self.put_local(x)))
+
   def structs(self, tree: Any) -> Any:
     """Shapes and dtypes of `tree`, replicated: what a program is compiled for."""
     return jax.tree.map(

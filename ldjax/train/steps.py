@@ -51,6 +51,12 @@ def merge_variables(params: Sequence[PyTree], batch_stats: Sequence[PyTree]) -> 
           for p, b in zip(params, batch_stats, strict=True)]
 
 
+def head_state(variables: Sequence[dict], opt_states: Sequence, cut: int) -> TrainState:
+  """The state of the head [cut, L): its slice of the variables and optimizer states."""
+  params, stats = split_variables(variables[cut:])
+  return TrainState(params, stats, list(opt_states[cut:]))
+
+
 def init_train_state(variables: Sequence[dict], tx: optax.GradientTransformation) -> TrainState:
   params, stats = split_variables(variables)
   return TrainState(params, stats, [tx.init(p) for p in params])
