@@ -335,16 +335,22 @@ def measure(model: StagedModel, programs: Programs, variables: Sequence[dict],
     def call(f=on_devices, dest=dest):
       dest[...] = np.asarray(f(source[view_rows]))
     calls["extract", (0, c)] = call
+  per = {k: v / programs.batch_size for k, v in _medians(calls, repeats).items()}
+  return CostTable("measure", "seconds per example", model.name, tuple(model.stage_names),
+                   tuple(programs.net.image_shape), tuple(programs.view_net.image_shape),
+                   {k: v for (kind, k), v in per.items() if kind == "train"},
+                   {k: v for (kind, k), v in per.items() if kind == "extract"})
+
+
+def _medians(calls: dict, repeats: int) -> dict:
+  """{key: median seconds of calls[key]()}: each called once to warm up, then `repeats`
+  rounds that call every one in turn (interleaved)."""
   times = {k: [] for k in calls}
   for call in calls.values():
-    call()   # warm-up
+    call()
   for _ in range(repeats):
     for k, call in calls.items():
       t0 = time.perf_counter()
       call()
       times[k].append(time.perf_counter() - t0)
-  per = {k: float(np.median(v)) / programs.batch_size for k, v in times.items()}
-  return CostTable("measure", "seconds per example", model.name, tuple(model.stage_names),
-                   tuple(programs.net.image_shape), tuple(programs.view_net.image_shape),
-                   {k: v for (kind, k), v in per.items() if kind == "train"},
-                   {k: v for (kind, k), v in per.items() if kind == "extract"})
+  return {k: float(np.median(v)) for k, v in times.items()}

@@ -98,17 +98,7 @@ def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
   """
   hooks = hooks or Hooks()
   name = data.name   # the summary's data_seen: before a hold-out
-  if start is not None and start.normalization is not None:
-    data = _normalized(data, cfg, strategy, start)
-  # The training set before a validation split that is already held out (`prepare` with
-  # several processes, or a start with other input normalization).
-  held = 0 if data.x_val is None or not cfg.data.val_size else len(data.x_val)
-  cfg.check_data(data.num_train + held, data.image_shape)
-  cfg.check_strategies([strategy])
-  if cfg.drop.schedule and max(cfg.drop.schedule.values()) > model.num_conv - 1:
-    raise UsageError(f"drop.drop_at {cfg.drop.drop_at}: a cut is at most {model.num_conv - 1} "
-                     f"for {model.name} (its last conv stage is never dropped)")
-  data = with_validation(data, cfg.data.val_size)
+  data = _checked_data(model, data, cfg, strategy, start)
   variables = (model.init(jax.random.key(cfg.run.seed), data.image_shape) if start is None
                else start.variables)
   trainer = assembly.trainer_for(model, data, cfg, strategy, variables, run_dir)
@@ -149,6 +139,23 @@ def fit(model: StagedModel, data: Dataset, cfg: Config, strategy: str, *,
       ckpt.close()
   seen = None if start is None else (*start.data_seen, name)
   return _finish(trainer, cfg, run_dir, ev, totals, start, seen)
+
+
+def _checked_data(model: StagedModel, data: Dataset, cfg: Config, strategy: str,
+                  start: Start | None) -> Dataset:
+  """The run's data, checked against the settings (UsageError), normalized as `start`'s
+  weights were trained, its validation split held out."""
+  if start is not None and start.normalization is not None:
+    data = _normalized(data, cfg, strategy, start)
+  # The training set before a validation split that is already held out (`prepare` with
+  # several processes, or a start with other input normalization).
+  held = 0 if data.x_val is None or not cfg.data.val_size else len(data.x_val)
+  cfg.check_data(data.num_train + held, data.image_shape)
+  cfg.check_strategies([strategy])
+  if cfg.drop.schedule and max(cfg.drop.schedule.values()) > model.num_conv - 1:
+    raise UsageError(f"drop.drop_at {cfg.drop.drop_at}: a cut is at most {model.num_conv - 1} "
+                     f"for {model.name} (its last conv stage is never dropped)")
+  return with_validation(data, cfg.data.val_size)
 
 
 def _normalized(data: Dataset, cfg: Config, strategy: str, start: Start) -> Dataset:
