@@ -51,8 +51,8 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore, storage_dtype
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import (adaptive, budget, decisions, optim, programs, reader, scoring,
-                         sharding, steps)
+from ldjax.train import (adaptive, budget, decisions, device_input, optim, programs, reader,
+                         scoring, sharding, steps)
 from ldjax.train.decisions import DropState
 from ldjax.train.evaluation import Evaluator
 from ldjax.train.records import EpochTimes
@@ -375,14 +375,24 @@ class Trainer:
     in, its rows of the output back (when numpy reads them)."""
     return lambda x: sharding.LocalRows(extract.fn(tail, self.placement.put_local(x)))
 
+  @functools.cached_property
+  def device_input(self) -> device_input.DeviceInput:
+    """The training input kept on the devices when it fits (store.device_memory_gb)."""
+    return device_input.DeviceInput(self.placement, device_input.budget_bytes(
+        self.cfg.store.device_memory_gb, self.placement))
+
   def _reader(self, draws: Draws, store: FeatureStore | None):
     """examples -> the head's (or its frozen stages') input: augmented images, or the
-    window of their stored views."""
+    window of their stored views; gathered on the devices when they hold them."""
+    size = None if store is None else self.shapes[store.stage_range[1] - 1][:2]
+    image_size = self.data.image_shape[:2]
+    on_devices = self.device_input.reader(draws, self.batch_size, self.x_train, store, size,
+                                           image_size)
+    if on_devices is not None:
+      return on_devices
     if store is None:
       return functools.partial(draws.images, self.x_train)
     self._check_feed(store)
-    size = self.shapes[store.stage_range[1] - 1][:2]
-    image_size = self.data.image_shape[:2]
     return lambda idx: draws.features(store.read(draws.rows(idx)), idx, size, image_size)
 
   def _check_feed(self, store: FeatureStore) -> None:
@@ -549,7 +559,7 @@ class Trainer:
     ("val"); for Drop, the dropped stages' outputs are cached (`ldjax.train.evaluation`)."""
     cut = self.drop.store_cut if self.strategy.caches else 0
     evaluator = self.evaluator if split == "test" else self.val_evaluator
-    return evaluator.evaluate(self.variables, cut, self.keeper.current)
+    return evaluator.evaluate(self.variables, cut, self.keeper.current, self.device_input)
 
   def score_and_decide(self, scores: scoring.ScoreState, epoch: int) -> dict:
     """Scores the head's conv stages and updates the drop state (`decisions`)."""
