@@ -47,7 +47,7 @@ STORE_DTYPES = ("float32", "bfloat16")
 
 @settings.group("store", "the feature store")
 class StoreSettings:
-  """The dtype of the stored maps, and how much of them stays in host memory."""
+  """The dtype of the stored maps, and how much of them stays in host and device memory."""
   dtype: str = settings.setting(
       "float32", "dtype of the cached feature maps (float32; bfloat16 halves their bytes)",
       flat="feature_dtype")
