@@ -112,16 +112,19 @@ def test_the_budget_decides_what_is_held():
   args = (draws, BATCH, x)
   assert DeviceInput(p, 0).reader(*args) is None
   assert DeviceInput(p, x.nbytes - 1).reader(*args) is None
-  both = DeviceInput(p, x.nbytes + store.nbytes)
-  assert both.reader(*args) is not None and both.reader(*args, store, (8, 8), IMAGE[:2])
-  assert set(both.held) == {"images", "store"} and both.used_bytes == x.nbytes + store.nbytes
-  one = DeviceInput(p, x.nbytes)            # the store takes the images' place
-  assert one.reader(*args) is not None and one.reader(*args, store, (8, 8), IMAGE[:2])
-  assert set(one.held) == {"store"}
-  small = DeviceInput(p, store.nbytes - 1)  # nothing fits: nothing is released for it
+  one = DeviceInput(p, x.nbytes + store.nbytes)
+  assert one.reader(*args) is not None and set(one.held) == {"images"}
+  assert one.reader(*args, store, (8, 8), IMAGE[:2])   # the store takes the images' place
+  assert set(one.held) == {"store"} and one.used_bytes == store.nbytes
+  # The test cache takes what is left; a new claim of the same name replaces the old one.
+  assert one.claim("test", x.nbytes) and not one.claim("val", 1)
+  assert one.claim("test", 10) and one.used_bytes == store.nbytes + 10
+  assert one.claim("val", 100) and not one.claim("test", x.nbytes + 1)
+  assert one.used_bytes == store.nbytes + 100
+  small = DeviceInput(p, store.nbytes - 1)  # it does not fit: read on the host
   assert small.reader(*args, store, (8, 8), IMAGE[:2]) is None and small.used_bytes == 0
   one.release()
-  assert one.held == {} and one.used_bytes == 0
+  assert one.held == {} and one.claims == {} and one.used_bytes == 0
 
 
 def test_unset_budget_is_0_on_cpu_and_gb_otherwise():

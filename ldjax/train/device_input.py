@@ -20,8 +20,10 @@ follow (`tests/test_device_input.py`).
 
 Budget: at most `budget_bytes` of each device hold the training input (the
 store, or the images; each device holds its ceil(rows / devices) rows). A store
-takes the place of the images when both do not fit (the head reads one or the
-other); whatever does not fit stays on the host, read as before. Unset, the
+takes the place of the images (once the head reads a store it never reads the
+images again); an evaluator's test cache may `claim` what is left. Whatever
+does not fit stays on the host, read as before. The extraction that fills a
+new store still reads its input on the host (once per drop). Unset, the
 budget is 40 % of an accelerator's memory (the rest is the model's, its
 activations' and XLA's), and 0 on XLA:CPU, whose device memory is host
 memory: a copy there would hold the store twice for no measured gain
@@ -66,10 +68,12 @@ class Resident:
   bits: jax.Array         # [rows padded to a multiple of the devices, ...] unsigned ints
   dtype: np.dtype         # of the host array
   bytes_per_device: int
-  programs: dict = dataclasses.field(default_factory=dict)   # batch shape -> compiled
+  programs: dict = dataclasses.field(default_factory=dict)   # (batch, kind) -> compiled
 
   def delete(self) -> None:
-    self.bits.delete()
+    """Drops this copy: its buffers are freed once no program still in flight reads
+    them (no explicit `jax.Array.delete`, which would not wait for those)."""
+    self.bits = None
     self.programs.clear()
 
 
@@ -114,8 +118,9 @@ class DeviceInput:
     if store is None:
       held = self._hold("images", images)
       kind = ("images", draws.augment)
-    else:
-      held = self._hold("store", store, store.read(slice(None)), drop="images")
+    else:   # the head reads the store from now on, never the images again
+      self.release("images")
+      held = self._hold("store", store, store.read(slice(None)))
       kind = ("features", None if draws.exact else tuple(size))
     if held is None:
       return None
@@ -142,27 +147,20 @@ class DeviceInput:
       if held is not None:
         held.delete()
 
-  def _hold(self, name: str, source, array: np.ndarray | None = None,
-            drop: str | None = None) -> Resident | None:
-    """`source`'s rows on the devices (put there now unless already held), or None
-    when they do not fit beside what else is held (after releasing `drop`)."""
+  def _hold(self, name: str, source, array: np.ndarray | None = None) -> Resident | None:
+    """`source`'s rows (`array`, default `source`) on the devices, put there now unless
+    already held, or None when they do not fit beside what else is held."""
     held = self.held.get(name)
     if held is not None and held.source is source:
       return held
     self.release(name)
     array = source if array is None else array
     need = rows_bytes(array.shape, array.dtype, self.placement.devices)
-    if need + self.used_bytes > self.budget_bytes and drop in self.held \
-        and need + self.used_bytes - self.held[drop].bytes_per_device <= self.budget_bytes:
-      self.release(drop)
     if need + self.used_bytes > self.budget_bytes:
       return None
     bits = np.asarray(array).view(_BITS[array.dtype.itemsize])
-    rows = self.placement.round_up(len(bits))
-    if rows != len(bits):
-      bits = np.concatenate([bits, np.zeros((rows - len(bits), *bits.shape[1:]), bits.dtype)])
-    self.held[name] = Resident(source, jax.device_put(bits, self.placement.batch),
-                               np.dtype(array.dtype), need)
+    self.held[name] = Resident(source, _put_rows(bits, self.placement), np.dtype(array.dtype),
+                               need)
     return self.held[name]
 
   # -- a step's batch ---------------------------------------------------------------
@@ -187,6 +185,21 @@ class DeviceInput:
           held.bits, struct((batch,), np.int32, p.replicated),
           struct((batch,), np.bool_, p.batch), struct((batch, 2), np.int32, p.batch)).compile()
     return held.programs[key]
+
+
+def _put_rows(bits: np.ndarray, placement: Placement) -> jax.Array:
+  """`bits` sharded by rows over "data", zero rows appended up to a multiple of the
+  devices (only the last shard's rows are copied to pad them)."""
+  rows = placement.round_up(len(bits))
+  if rows == len(bits):
+    return jax.device_put(bits, placement.batch)
+
+  def shard(index):
+    part = bits[index[0]]
+    missing = (index[0].stop or rows) - (index[0].start or 0) - len(part)
+    return np.concatenate([part, np.zeros((missing, *bits.shape[1:]), bits.dtype)]) \
+        if missing else part
+  return jax.make_array_from_callback((rows, *bits.shape[1:]), placement.batch, shard)
 
 
 # -- the jitted readers (pure functions of the held bits and a step's small arrays) ------
