@@ -219,7 +219,11 @@ def gather_rows(bits: jax.Array, rows: jax.Array, placement: Placement) -> jax.A
     inside = (mine >= 0) & (mine < n)
     got = jnp.take(part, jnp.clip(mine, 0, n - 1), axis=0, mode="clip")
     got = jnp.where(inside.reshape(-1, *([1] * (got.ndim - 1))), got, jnp.zeros_like(got))
-    return lax.psum_scatter(got, DATA, scatter_dimension=0, tiled=True)
+    # NCCL reduces no 16-bit integers: bfloat16's bit patterns travel as uint32 (exact).
+    wide = got.dtype == jnp.uint16
+    out = lax.psum_scatter(got.astype(jnp.uint32) if wide else got, DATA,
+                           scatter_dimension=0, tiled=True)
+    return out.astype(jnp.uint16) if wide else out
 
   return jax.shard_map(local, mesh=placement.mesh, in_specs=(PartitionSpec(DATA), PartitionSpec()),
                        out_specs=PartitionSpec(DATA))(bits, rows)
