@@ -9,14 +9,16 @@ images, so no network is needed), the images per second of
 each fed four ways: `bare` (the same batch every step: the step alone),
 `host_sync` (the store's rows gathered with numpy and put on the device in
 the loop's thread, as before `ldjax.train.reader`), `host_reader` (ldjax's
-loop with its background reader, the default) and `device` (the store kept
-in device memory and gathered there by a jitted gather, what item 1 of the
-issue would give; for SGD the raw images, without augmentation). For the
-host ways it records the input-wait fraction (seconds the loop waited for
-input / seconds of the epoch), and next to every cut the input-bandwidth
+loop with its background reader) and `device` (ldjax's loop reading through
+`ldjax.train.device_input`: the store, or for SGD the images, held in device
+memory and gathered, cropped and flipped there by its jitted reader, the
+default on an accelerator). For the loop's ways it records the input-wait
+fraction (seconds the loop waited for input / seconds of the epoch), and
+next to every cut the input-bandwidth
 model's verdict for the device (`ldjax.models.bandwidth`). Then a short SGD
 vs Drop run on the synthetic CIFAR-shaped data (flip; the drop forced, after
-epoch 2, of the stem and layer1: a 10.7 GB store in host memory) compares the training time saved with the
+epoch 2, of the stem and layer1: a 10.7 GB store, in host memory and, by default,
+device memory) compares the training time saved with the
 training MACs saved, and one on the real Fashion-MNIST subset carried in the
 package (`--dataset embedded`, the paper's decision rule) adds accuracy.
 
@@ -51,11 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ldjax.data.augment import Augment  # noqa: E402
 from ldjax.data.datasets import Dataset, load_dataset  # noqa: E402
 from ldjax.models import bandwidth, costs  # noqa: E402
 from ldjax.models.zoo import build_model  # noqa: E402
 from ldjax.runs.config import TrainConfig  # noqa: E402
-from ldjax.train import compare, scoring  # noqa: E402
+from ldjax.store.features import FeatureStore  # noqa: E402
+from ldjax.train import compare, device_input, scoring  # noqa: E402
 from ldjax.train.assembly import trainer_for  # noqa: E402
 from ldjax.train.decisions import DropState  # noqa: E402
 from ldjax.train.epoch import Trainer  # noqa: E402
@@ -109,6 +113,14 @@ def host_store(shape, n: int, seed: int = 0) -> np.ndarray:
   return np.concatenate([block] * -(-n // len(block)))[:n]
 
 
+def memory_store(rows: np.ndarray, cut: int) -> FeatureStore:
+  """`rows` as a complete in-memory feature store of stages [0, cut)."""
+  store = FeatureStore(len(rows), rows.shape[1:], "float32", (0, cut))
+  store.write(np.arange(len(rows)), rows)
+  store.finalize()
+  return store
+
+
 def host_epoch(trainer: Trainer, read, threads: int, epoch: int) -> dict:
   """One epoch of ldjax's own loop (`Trainer.train_steps`) reading with `read`."""
   trainer.reader_threads = threads
@@ -120,24 +132,29 @@ def host_epoch(trainer: Trainer, read, threads: int, epoch: int) -> dict:
           "input_wait_fraction": wait_s / seconds}
 
 
-def device_epoch(trainer: Trainer, cut: int, source_dev, epoch: int, bare: bool) -> dict:
-  """The same steps with the store (or images) in device memory, gathered by a jitted
-  gather from the epoch's indices; `bare`: one batch for every step (the step alone)."""
+def device_reader(trainer: Trainer, cut: int, draws, store: FeatureStore | None):
+  """ldjax's jitted reader (`ldjax.train.device_input`) of the images (cut 0, augmented
+  there) or of `store`, within the default budget (1 GiB on a CPU, whose default is 0)."""
   p = trainer.placement
-  gather = jax.jit(lambda s, i: s[i], out_shardings=p.batch)
+  budget = device_input.budget_bytes(None, p) or (1 << 30)
+  size = None if store is None else trainer.shapes[cut - 1][:2]
+  read = device_input.DeviceInput(p, budget).reader(
+      draws, trainer.batch_size, trainer.x_train, store, size, trainer.data.image_shape[:2])
+  if read is None:
+    raise SystemExit(f"the input of cut {cut} does not fit {budget / 1e9:.1f} GB per device")
+  return read
+
+
+def bare_epoch(trainer: Trainer, cut: int, read, epoch: int) -> dict:
+  """The steps alone: the device reader's first batch for every step."""
+  p = trainer.placement
   state = trainer.head_state(cut)
   scores = p.replicate(scoring.init(state.params))
   batches = trainer.blocks.batches(trainer.seed, epoch, trainer.batch_size)
-  y_dev = p.put_batch(trainer.y_train[batches[0]])
-  x0 = gather(source_dev, p.put_batch(batches[0].astype(np.int32)))
-  jax.block_until_ready(x0)
+  y, x = p.put_batch(trainer.y_train[batches[0]]), read(batches[0])
+  jax.block_until_ready(x)
   metrics, t0 = [], time.perf_counter()
-  for s, idx in enumerate(batches):
-    if bare:
-      x, y = x0, y_dev
-    else:
-      i = p.put_batch(idx.astype(np.int32))
-      x, y = gather(source_dev, i), p.put_batch(trainer.y_train[idx])
+  for s in range(len(batches)):
     state, scores, m = trainer.step_fn.fn(state, scores, [], x, y, trainer.key,
                                           np.int32(s), np.float32(0.0))
     metrics.append(m)
@@ -165,28 +182,29 @@ def throughput(size: Size, device: bandwidth.Device | None, log) -> list[dict]:
     trainer.drop = DropState(cut=cut, store_cut=cut)
     trainer.compile_current_step()   # --adaptive-batch is off: batch B
     compile_s = time.perf_counter() - t0
-    if cut == 0:
-      # SGD: host augmentation, as the loop reads images
-      read = functools.partial(trainer.draws(0).images, trainer.x_train)
-      source = data.x_train
-    else:
-      source = host_store(trainer.shapes[cut - 1], size.n_train)
-      read = source.__getitem__
+    if cut == 0:   # SGD: the images, flipped and cropped on the host as the loop reads them
+      draws, store, source = trainer.draws(0), None, data.x_train
+      read = functools.partial(draws.images, trainer.x_train)
+    else:          # one stored view per image: the store's rows as they are
+      draws = Augment().draws(0, 0, size.n_train)
+      store = memory_store(host_store(trainer.shapes[cut - 1], size.n_train), cut)
+      source, read = store.read(slice(None)), store.read
     row = {"cut": cut, "after": after, "compile_s": compile_s,
            "row_bytes": int(source[0].nbytes)}
     host_epoch(trainer, read, 2, 0)   # warm-up: first-run allocations
     row["host_sync"] = host_epoch(trainer, read, 0, 1)
     row["host_reader"] = host_epoch(trainer, read, 2, 2)
-    source_dev = jax.device_put(source, trainer.placement.replicated)
-    row["device"] = device_epoch(trainer, cut, source_dev, 3, bare=False)
-    row["bare"] = device_epoch(trainer, cut, source_dev, 4, bare=True)
-    del source_dev
+    on_device = device_reader(trainer, cut, draws, store)
+    row["device"] = host_epoch(trainer, on_device, 2, 3)
+    row["bare"] = bare_epoch(trainer, cut, on_device, 4)
+    del on_device
     if device is not None:
       f = bandwidth.feeds(sc, data.image_shape, device, batch_size=size.batch, cuts=[cut])[0]
       row["model"] = f.to_json()
     rows.append(row)
     log(f"cut {cut} (after {after}): bare {row['bare']['images_per_s']:,.0f} img/s, "
-        f"device store {row['device']['images_per_s']:,.0f}, host+reader "
+        f"device store {row['device']['images_per_s']:,.0f} (wait "
+        f"{100 * row['device']['input_wait_fraction']:.1f} %), host+reader "
         f"{row['host_reader']['images_per_s']:,.0f} (wait "
         f"{100 * row['host_reader']['input_wait_fraction']:.1f} %), host sync "
         f"{row['host_sync']['images_per_s']:,.0f} (wait "

@@ -23,7 +23,7 @@ FLAGS = {
     "crop_pad": "augment.crop_pad", "val_size": "data.val_size", "devices": "run.devices",
     "max_batch_size": "adaptive.max_batch_size", "data_shards": "data.shards",
     "crop_views": "augment.crop_views", "budget": "budget.reference_epochs",
-    "reader_threads": "run.reader_threads",
+    "reader_threads": "run.reader_threads", "device_memory_gb": "store.device_memory_gb",
 }
 
 NON_FINITE = (NAN, INF, -INF)
@@ -53,6 +53,7 @@ BAD = {
     "crop_views": (0, -1, 2.0, NAN, True, "2"),
     "budget": (*NON_FINITE, 0.0, 0, -1, 0.5, True, "4"),   # under one reference epoch too
     "reader_threads": (-1, 2.0, NAN, True, "2"),
+    "device_memory_gb": (*NON_FINITE, -0.5, -1, True, "1"),
 }
 # folder:DIR settings (ldjax.data.folder)
 FLAGS |= {"image_size": "folder.image_size", "channels": "folder.channels",
@@ -80,7 +81,8 @@ def test_default_config_validates():
     ("train_size", None), ("train_size", 100), ("test_size", 1), ("epochs", 1),
     ("weight_decay", 0), ("weight_decay", 5e-4), ("label_smoothing", 0.0),
     ("label_smoothing", 0.99), ("warmup_lr_epochs", 59), ("crop_views", 1), ("budget", 1),
-    ("budget", 7.5), ("crop_views", None), ("budget", None)])
+    ("budget", 7.5), ("crop_views", None), ("budget", None), ("device_memory_gb", None),
+    ("device_memory_gb", 0), ("device_memory_gb", 0.25)])
 def test_valid_values_pass(field, value):
   TrainConfig(**{field: value})
 

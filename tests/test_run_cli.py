@@ -38,6 +38,7 @@ FLAGS += ["--crop-store", "--crop-views", "--decision-rule", "--budget",
 FLAGS += ["--config", "--set", "--presets", "--help-all", "--reference",
           "--lr-decay-factor"]   # settings from files, presets, the generated help
 FLAGS += ["--reader-threads"]   # the training loop's input threads
+FLAGS += ["--device-memory-gb"]   # the training input on the devices
 
 
 def write_idx(path, magic: int, array: np.ndarray) -> None:

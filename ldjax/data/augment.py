@@ -225,10 +225,15 @@ class Draws:
     (see the module docstring)."""
     if self.exact:
       return stored
+    return window(stored, self.feature_offsets(idx, size, image_size, stored.shape[1:3]), size)
+
+  def feature_offsets(self, idx: np.ndarray, size: tuple[int, int], image_size: tuple[int, int],
+                      map_size: tuple[int, int]) -> np.ndarray:
+    """(dy, dx) of the `size` windows in stored maps of `map_size` for examples `idx`:
+    the crop offsets scaled to the map, rounded, kept inside it."""
     scale = np.array(size) / np.array(image_size)
-    limit = np.array(stored.shape[1:3]) - np.array(size)
-    offsets = np.clip(np.rint(self.offsets[idx] * scale), 0, limit).astype(np.int64)
-    return window(stored, offsets, size)
+    limit = np.array(map_size) - np.array(size)
+    return np.clip(np.rint(self.offsets[idx] * scale), 0, limit).astype(np.int64)
 
 
 def window(x: np.ndarray, offsets: np.ndarray, size: tuple[int, int]) -> np.ndarray:

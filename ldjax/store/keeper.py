@@ -21,6 +21,7 @@ find it there.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 import warnings
@@ -46,7 +47,7 @@ STORE_DTYPES = ("float32", "bfloat16")
 
 @settings.group("store", "the feature store")
 class StoreSettings:
-  """The dtype of the stored maps, and how much of them stays in host memory."""
+  """The dtype of the stored maps, and how much of them stays in host and device memory."""
   dtype: str = settings.setting(
       "float32", "dtype of the cached feature maps (float32; bfloat16 halves their bytes)",
       flat="feature_dtype")
@@ -55,11 +56,21 @@ class StoreSettings:
       "memory-mapped .npy files in the work directory. Drop also caches the dropped stages' "
       "test-set outputs (float32) within what an in-memory store leaves; without room it "
       "evaluates the whole model", flat="feature_memory_gb", resumable=True)
+  device_memory_gb: float | None = settings.setting(
+      None, "GB per device that the training input may take on the devices (the feature "
+      "store's rows, or the training images), gathered, cropped and flipped there by a "
+      "jitted reader; what does not fit is read on the host. 0: always on the host. "
+      "Default: 40 percent of an accelerator's memory, 0 on CPUs (whose device memory is the "
+      "host's). The same batches either way", flat="device_memory_gb", metavar="GB",
+      resumable=True)
 
   def check(self):
     settings.check_choice(self.dtype, "store.dtype", STORE_DTYPES)
     settings.check_float(self.memory_gb, "store.memory_gb", "a finite number >= 0",
                          lambda v: v >= 0)
+    if self.device_memory_gb is not None:
+      settings.check_float(self.device_memory_gb, "store.device_memory_gb",
+                           "a finite number >= 0 (or unset)", lambda v: v >= 0)
 
   @property
   def memory_bytes(self) -> int:
@@ -101,7 +112,7 @@ class StoreKeeper:
     nbytes = self.nbytes(stop)
     if nbytes > self.memory_budget_bytes:
       if self.directory is None:
-        return self._cannot_store(stop, f"{nbytes / 1e9:.2f} GB exceed --feature-memory-gb "
+        return self._cannot_store(stop, f"{nbytes / 1e9:.2f} GB exceed store.memory_gb "
                                   "and there is no work directory to spill to")
       try:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -126,9 +137,20 @@ class StoreKeeper:
 
   def _cannot_store(self, stop: int, why: str) -> None:
     warnings.warn(f"cannot store the features of stages 0-{stop - 1} ({why}); "
-                  "those stages stay in the forward pass, frozen", stacklevel=3)
+                  f"those stages stay in the forward pass, frozen; {self.what_to_change(stop)}",
+                  stacklevel=3)
     self.fallbacks.append({"stage_stop": stop, "reason": why})
     return None
+
+  def what_to_change(self, stop: int) -> str:
+    """The bytes of the store of stages [0, stop) and the settings that make room for it."""
+    nbytes = self.nbytes(stop)
+    gb = math.ceil(nbytes / (1 << 30) * 100) / 100   # store.memory_gb's unit, rounded up
+    where = (f"free {nbytes / 1e9:.2f} GB on the disk of {self.directory}"
+             if self.directory is not None else "give the run a work directory to spill it to")
+    half = "" if self.dtype_name == "bfloat16" else ", or halve it with store.dtype bfloat16"
+    return (f"the store needs {nbytes:,} bytes: raise store.memory_gb to {gb:g} or more, "
+            f"{where}{half}")
 
   def fill(self, store: FeatureStore, extract: Extract,
            read: Callable[[np.ndarray], np.ndarray], batch_size: int,
@@ -213,7 +235,7 @@ class StoreKeeper:
       store = self.fill(store, extract, images.__getitem__, batch_size, on_batch)
     if store is None:
       raise UsageError(f"the feature store of stages 0-{stop - 1} cannot be written; "
-                       "raise store.memory_gb or free disk space")
+                       f"{self.what_to_change(stop)}")
     self.replace(store)
     return time.perf_counter() - t0
 

@@ -33,7 +33,7 @@ from ldjax.runs import cluster
 from ldjax.runs.config import Config
 from ldjax.runs.workdir import RunDir
 from ldjax.store.keeper import StoreKeeper
-from ldjax.train import budget, evaluation, sharding
+from ldjax.train import budget, device_input, evaluation, sharding
 from ldjax.train.epoch import Trainer, train_block
 from ldjax.train.programs import Programs, for_model
 
@@ -142,4 +142,6 @@ def trainer_for(model: StagedModel, data: Dataset, cfg: Config, strategy: str, v
                  opt_states=opt_states, blocks=blocks, augment=augment, view_table=view_table,
                  keeper=keeper, evaluator=evaluator, val_evaluator=val_evaluator, costs=table,
                  run_budget=run_budget, drop_settings=cfg.drop, seed=cfg.run.seed,
-                 epochs=cfg.run.epochs, reader_threads=cfg.run.threads, run_dir=run_dir)
+                 epochs=cfg.run.epochs, reader_threads=cfg.run.threads, run_dir=run_dir,
+                 on_devices=device_input.DeviceInput(programs.placement, device_input.budget_bytes(
+                     cfg.store.device_memory_gb, programs.placement)))

@@ -52,7 +52,7 @@ from ldjax.runs.workdir import RunDir
 from ldjax.store.features import FeatureStore
 from ldjax.store.keeper import StoreKeeper
 from ldjax.strategy import Strategy
-from ldjax.train import budget, decisions, reader, scoring, sharding, steps
+from ldjax.train import budget, decisions, device_input, reader, scoring, sharding, steps
 from ldjax.train.decisions import DropSettings, DropState
 from ldjax.train.evaluation import Evaluator
 from ldjax.train.programs import Programs
@@ -108,7 +108,8 @@ class Trainer:
                keeper: StoreKeeper, evaluator: Evaluator, val_evaluator: Evaluator | None,
                costs: budget.CostTable, run_budget: budget.Budget | None,
                drop_settings: DropSettings, seed: int, epochs: int,
-               reader_threads: int = reader.DEFAULT_THREADS, run_dir: RunDir | None = None):
+               reader_threads: int = reader.DEFAULT_THREADS, run_dir: RunDir | None = None,
+               on_devices: device_input.DeviceInput | None = None):
     """Args:
       model, data: the staged model and the whole dataset (`blocks` says which of its
         training examples are this process's).
@@ -129,6 +130,8 @@ class Trainer:
       reader_threads: threads that prepare the next batches while the devices compute
         (`ldjax.train.reader`; 0: in the loop's thread). The same batches either way.
       run_dir: the run's directory (None: nothing written).
+      on_devices: the training input kept on the devices when it fits
+        (`ldjax.train.device_input`; None: none, every batch is put from the host).
     """
     self.model, self.data, self.run_dir = model, data, run_dir
     self.strategy = Strategy(strategy)
@@ -138,6 +141,8 @@ class Trainer:
     self.variables, self.opt_states = variables, opt_states
     self.augment, self.view_table = augment, view_table
     self.keeper = keeper
+    self.device_input = (device_input.DeviceInput(programs.placement, 0) if on_devices is None
+                         else on_devices)
     self.evaluator, self.val_evaluator = evaluator, val_evaluator
     # What steps and extractions cost (`ldjax.train.budget`): the budget charges them and
     # the stable rule's drops must pay for their extraction.
@@ -354,12 +359,16 @@ class Trainer:
 
   def _reader(self, draws: Draws, store: FeatureStore | None):
     """examples -> the head's (or its frozen stages') input: augmented images, or the
-    window of their stored views."""
+    window of their stored views; gathered on the devices when they hold them."""
+    size = None if store is None else self.shapes[store.stage_range[1] - 1][:2]
+    image_size = self.data.image_shape[:2]
+    on_devices = self.device_input.reader(draws, self.batch_size, self.x_train, store, size,
+                                           image_size)
+    if on_devices is not None:
+      return on_devices
     if store is None:
       return functools.partial(draws.images, self.x_train)
     self._check_feed(store)
-    size = self.shapes[store.stage_range[1] - 1][:2]
-    image_size = self.data.image_shape[:2]
     return lambda idx: draws.features(store.read(draws.rows(idx)), idx, size, image_size)
 
   def _check_feed(self, store: FeatureStore) -> None:
@@ -527,7 +536,7 @@ class Trainer:
     ("val"); for Drop, the dropped stages' outputs are cached (`ldjax.train.evaluation`)."""
     cut = self.drop.store_cut if self.strategy.caches else 0
     evaluator = self.evaluator if split == "test" else self.val_evaluator
-    return evaluator.evaluate(self.variables, cut, self.keeper.current)
+    return evaluator.evaluate(self.variables, cut, self.keeper.current, self.device_input)
 
   def score_and_decide(self, scores: scoring.ScoreState, epoch: int) -> dict:
     """Scores the head's conv stages and updates the drop state (`decisions`)."""

@@ -1,10 +1,12 @@
 """Test-set evaluation of a staged model, with the dropped prefix's outputs cached.
 
 After a drop the dropped stages are frozen, so their outputs on the test set
-are computed once (float32, kept in host memory) and later evaluations run
-only the head on them: the same model, without recomputing the frozen
-prefix every epoch. The cache counts against store.memory_gb, after an
-in-memory training store; without room the whole model runs.
+are computed once (float32) and later evaluations run only the head on them:
+the same model, without recomputing the frozen prefix every epoch. The cache
+counts against store.memory_gb, after an in-memory training store; without
+room the whole model runs. Where the devices have room for it beside the
+training input (`ldjax.train.device_input`, store.device_memory_gb), it stays
+there, as the extraction's output batches; else it is kept in host memory.
 
 Each batch is sharded over the devices of the Net's placement
 (`ldjax.train.sharding`); the batch is rounded up to a multiple of the device
@@ -24,6 +26,7 @@ from ldjax.data.batching import pad_rows
 from ldjax.data.datasets import Dataset
 from ldjax.store.features import FeatureStore
 from ldjax.train import programs, steps
+from ldjax.train.device_input import DeviceInput
 
 
 @settings.group("eval", "evaluation")
@@ -79,14 +82,16 @@ class Evaluator:
     # ((start, stop), future of `_compile`) started by `prefetch`.
     self._prefetched = None
 
-  def evaluate(self, variables: list[dict], cut: int, store: FeatureStore | None) -> dict:
+  def evaluate(self, variables: list[dict], cut: int, store: FeatureStore | None,
+               device: DeviceInput | None = None) -> dict:
     """Test loss and accuracy; stages [0, cut) are frozen and may be cached.
 
     `store` is the training store, whose bytes count against the cache's
-    budget when it is held in memory.
+    budget when it is held in memory. With `device`, a new cache stays on the
+    devices (as the extraction's padded output batches) when it fits its budget.
     """
     if cut > self.test_cut and self._fits(cut, store):
-      self._extend_cache(cut, variables)
+      self._extend_cache(cut, variables, device)
     if self.test_cut == 0:
       return self._batches(self.eval_fn.fn, variables, self.x)
     return self._batches(self.head_eval_fn.fn, variables[self.test_cut:], self.test_features)
@@ -98,16 +103,23 @@ class Evaluator:
       key = (self.test_cut, stop)
       self._prefetched = key, pool.submit(self._compile, *key, programs.structs(variables))
 
+  def _batch(self, x, i: int) -> jax.Array:
+    """Rows [i, i + batch) of `x` padded, on the devices (`x`: host rows, or a list of
+    batches already there)."""
+    if isinstance(x, list):
+      return x[i // self.batch]
+    return self.put(pad_rows(x[i:i + self.batch], self.batch))
+
   def _batches(self, fn, variables, x) -> dict:
     y, bs = self.y, self.batch
     outs = []
-    for i in range(0, len(x), bs):
-      n = len(x[i:i + bs])
-      outs.append(fn(variables, self.put(pad_rows(x[i:i + bs], bs)),
-                     self.put(pad_rows(y[i:i + bs], bs)), self.put(np.arange(bs) < n)))
+    for i in range(0, len(y), bs):
+      n = len(y[i:i + bs])
+      outs.append(fn(variables, self._batch(x, i), self.put(pad_rows(y[i:i + bs], bs)),
+                     self.put(np.arange(bs) < n)))
     outs = jax.device_get(outs)
-    return {f"{self.split}_loss": sum(float(o["loss"]) for o in outs) / len(x),
-            f"{self.split}_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(x)}
+    return {f"{self.split}_loss": sum(float(o["loss"]) for o in outs) / len(y),
+            f"{self.split}_accuracy": 100.0 * sum(int(o["correct"]) for o in outs) / len(y)}
 
   def _fits(self, stop: int, store: FeatureStore | None) -> bool:
     """Whether float32 test features of stage stop-1 fit in `memory_bytes` next to
@@ -125,8 +137,10 @@ class Evaluator:
                                   in_dtype=np.float32, out_dtype=np.float32)
     return extract, programs.evaluation(self.net, variables, stop, self.batch)
 
-  def _extend_cache(self, stop: int, variables: list[dict]) -> None:
-    """Extends the test-set features from stages [0, test_cut) to [0, stop)."""
+  def _extend_cache(self, stop: int, variables: list[dict],
+                    device: DeviceInput | None = None) -> None:
+    """Extends the test-set features from stages [0, test_cut) to [0, stop): on the
+    devices when `device` has room for them, else in host memory."""
     start, bs = self.test_cut, self.batch
     x = self.x if start == 0 else self.test_features
     prefetched, self._prefetched = self._prefetched, None
@@ -137,10 +151,15 @@ class Evaluator:
     else:
       extract, head_eval = self._compile(start, stop, variables)
       self.compile_s += extract.seconds + head_eval.seconds
-    n_test = len(x)
-    out = np.empty((n_test, *self.net.shapes[stop - 1]), np.float32)
+    n_test, shape = len(self.y), self.net.shapes[stop - 1]
+    padded = -(-n_test // bs) * bs   # rows on the devices: whole batches
+    on_device = device is not None and device.claim(
+        self.split, padded * int(np.prod(shape)) * 4 // self.net.placement.devices)
+    out = [] if on_device else np.empty((n_test, *shape), np.float32)
     for i in range(0, n_test, bs):
-      n = len(x[i:i + bs])
-      batch = self.put(pad_rows(x[i:i + bs], bs))
-      out[i:i + n] = np.asarray(extract.fn(variables[start:stop], batch))[:n]
+      features = extract.fn(variables[start:stop], self._batch(x, i))
+      if on_device:
+        out.append(features)
+      else:
+        out[i:i + bs] = np.asarray(features)[:n_test - i]
     self.test_features, self.test_cut, self.head_eval_fn = out, stop, head_eval

@@ -262,6 +262,7 @@ def _finish(trainer: Trainer, cfg: Config, run_dir: RunDir | None, ev: dict,
   if run_dir is not None:
     cluster.barrier("run written")   # the next chunk of a data schedule reads it
   trainer.keeper.delete()   # a cache: the run is complete, free the disk
+  trainer.device_input.release()   # and the devices' copies
   summary["variables"] = trainer.variables
   return summary
 
