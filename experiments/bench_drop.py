@@ -216,9 +216,7 @@ class Timed:
 
   @classmethod
   def build(cls, model, data, cfg, variables) -> Timed:
-    programs = assembly.programs_for(model, data, cfg, variables)
-    _, _, programs = assembly.costs_for(model, cfg, programs)
-    variables, opt_states = assembly.start_state(programs, variables)
+    programs, variables, opt_states = assembly.programs_and_state(model, data, cfg, variables)
     evaluator, _ = evaluation.evaluators(programs.net, data, variables,
                                          batch_size=cfg.eval.batch_size,
                                          memory_bytes=cfg.store.memory_bytes)

@@ -131,9 +131,7 @@ class Programmed(NamedTuple):
 
   @classmethod
   def build(cls, model, data, cfg, variables) -> Programmed:
-    programs = assembly.programs_for(model, data, cfg, variables)
-    _, _, programs = assembly.costs_for(model, cfg, programs)
-    variables, opt_states = assembly.start_state(programs, variables)
+    programs, variables, opt_states = assembly.programs_and_state(model, data, cfg, variables)
     return cls(data, programs, variables, opt_states,
                programs.placement.replicate(jax.random.key(cfg.run.seed)))
 

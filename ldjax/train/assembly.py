@@ -37,8 +37,8 @@ from ldjax.train import budget, device_input, evaluation, sharding
 from ldjax.train.epoch import Trainer, train_block
 from ldjax.train.programs import Programs, for_model
 
-__all__ = ["blocks_for", "costs_for", "measured_table", "programs_for", "start_state",
-           "trainer_for"]
+__all__ = ["blocks_for", "costs_for", "measured_table", "programs_and_state", "programs_for",
+           "start_state", "trainer_for"]
 
 
 def blocks_for(data: Dataset, cfg: Config) -> Blocks:
@@ -92,6 +92,15 @@ def start_state(programs: Programs, variables) -> tuple[list, list]:
   return variables, placement.replicate([tx.init(v.get("params", {})) for v in variables])
 
 
+def programs_and_state(model: StagedModel, data: Dataset, cfg: Config, variables,
+                       blocks: Blocks | None = None) -> tuple[Programs, list, list]:
+  """(programs, variables, optimizer states) of a run of `cfg` as `trainer_for` starts
+  it (the schedule set by its budget, the state on the programs' devices): what the
+  benchmarks time without a Trainer."""
+  _, _, programs = costs_for(model, cfg, programs_for(model, data, cfg, variables, blocks))
+  return (programs, *start_state(programs, variables))
+
+
 def _measure(model: StagedModel, cfg: Config, programs: Programs, variables, opt_states,
              images, augment: Augment, view_table: ViewTable | None,
              blocks: Blocks) -> budget.CostTable:
@@ -106,8 +115,7 @@ def measured_table(model: StagedModel, data: Dataset, cfg: Config,
   a Trainer of `trainer_for` with budget.cost_table "measure" charges."""
   blocks = blocks_for(data, cfg)
   images, _ = train_block(data, blocks)
-  _, _, programs = costs_for(model, cfg, programs_for(model, data, cfg, variables, blocks))
-  variables, opt_states = start_state(programs, variables)
+  programs, variables, opt_states = programs_and_state(model, data, cfg, variables, blocks)
   return _measure(model, cfg, programs, variables, opt_states, images,
                   *_views(data, cfg, blocks), blocks)
 
