@@ -88,6 +88,15 @@ class DropState:
   pending: tuple[int, int] | None = None   # (start, stop) to extract in the next epoch
   previous: tuple[int, tuple[float, ...]] | None = None   # (cut, P of the head) last epoch
 
+  @property
+  def boundaries(self) -> tuple[int, ...]:
+    """The cuts after which Drop holds (or, where a store could not be written, would
+    hold) a feature store: every drop event's and the current cut (a continued run's
+    starts with a cut and no event). With a store dtype other than float32, Freeze's
+    frozen pass rounds its maps to that dtype there, as Drop's stores do
+    (`ldjax.train.programs.Programs.rounding`)."""
+    return tuple(sorted({int(e["cut"]) for e in self.events} | ({self.cut} if self.cut else set())))
+
   def stored(self) -> "DropState":
     """After the pending extraction's store was written: the head reads it."""
     return dataclasses.replace(self, store_cut=self.pending[1], pending=None)

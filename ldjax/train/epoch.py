@@ -239,7 +239,8 @@ class Trainer:
     it already is (`run_epoch` compiles it, in the background, when the cut moves)."""
     cuts = (self.drop.store_cut, self.drop.cut)
     if self.compiled_for != cuts:
-      (self.step_fn, self.step_k), self.compiled_for = self.programs.head_step(*cuts), cuts
+      (self.step_fn, self.step_k), self.compiled_for = self.programs.head_step(
+          *cuts, self.drop.boundaries), cuts
     return self.step_fn
 
   def head_state(self, cut: int) -> steps.TrainState:
@@ -269,8 +270,10 @@ class Trainer:
   # -- stores --------------------------------------------------------------------
 
   def rebuild_store(self, stop: int) -> float:
-    """Recomputes the store of stages [0, stop) from the images; returns seconds."""
-    extract = self.programs.extraction(0, stop)
+    """Recomputes the store of stages [0, stop) from the images in one pass; returns
+    seconds. Its maps are rounded at the drops' cuts on the way, as the chain of stores
+    that made it rounded them (`Programs.rounding`)."""
+    extract = self.programs.extraction(0, stop, boundaries=self.drop.boundaries)
     return self.keeper.rebuild(stop, self._on_devices(extract, self.variables[:stop]),
                                self.view_source, self.local_batch)
 
@@ -344,7 +347,8 @@ class Trainer:
     """The extraction as a per-batch forward pass of `tail` on the head's input (which,
     with crop, is not a padded view: that needs its own program)."""
     if self.programs.view_net is not self.programs.net or self.step_k != 1:
-      extract = self.programs.extraction(*self.drop.pending, self.step_k, views=False)
+      extract = self.programs.extraction(*self.drop.pending, self.step_k, views=False,
+                                         boundaries=self.drop.boundaries)
     return functools.partial(extract.fn, tail)
 
   @property
@@ -412,7 +416,7 @@ class Trainer:
     store = self.keeper.new(stop)
     if store is None:
       return None, None
-    extract = self.programs.extraction(start, stop)
+    extract = self.programs.extraction(start, stop, boundaries=self.drop.boundaries)
     times["compile_s"] += extract.seconds
     return store, extract
 
@@ -426,7 +430,8 @@ class Trainer:
     if self.compiled_for == (step_cut, self.drop.cut):
       return None
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ldjax-compile")
-    future = pool.submit(self.programs.head_step, step_cut, self.drop.cut)
+    future = pool.submit(self.programs.head_step, step_cut, self.drop.cut,
+                         self.drop.boundaries)
     if new_store is not None:
       for evaluator in self._evaluators():
         evaluator.prefetch(pool, step_cut, self.variables, new_store)

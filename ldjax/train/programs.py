@@ -78,8 +78,11 @@ class Net:
 
 def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[dict],
                opt_states: Sequence, store_cut: int, cut: int, batch: int,
-               feature_dtype, label_smoothing: float = 0.0) -> steps.Compiled:
-  """`steps.scored_train_step` of the head [cut, L), its state and scores donated."""
+               feature_dtype, label_smoothing: float = 0.0,
+               round_at: tuple[int, ...] = ()) -> steps.Compiled:
+  """`steps.scored_train_step` of the head [cut, L), its state and scores donated; the
+  frozen stages' maps rounded to `feature_dtype` after the first b of them for each b in
+  `round_at` (`steps.frozen_forward`)."""
   params, stats = steps.split_variables(variables[cut:])
   p = net.placement
   state = p.structs(steps.TrainState(params, stats, list(opt_states[cut:])))
@@ -90,12 +93,15 @@ def train_step(net: Net, tx: optax.GradientTransformation, variables: Sequence[d
       np.float32(0),
       donate_argnums=(0, 1), out_shardings=p.replicated, head_stages=net.stages[cut:],
       frozen_stages=net.stages[store_cut:cut], tx=tx, head_index=cut,
-      label_smoothing=label_smoothing, **net.static)
+      label_smoothing=label_smoothing, round_at=round_at, store_dtype=feature_dtype,
+      **net.static)
 
 
 def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch: int, *,
-               in_dtype, out_dtype, sharded: bool = False) -> steps.Compiled:
-  """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0).
+               in_dtype, out_dtype, sharded: bool = False,
+               round_at: tuple[int, ...] = ()) -> steps.Compiled:
+  """`steps.extract_features` of stages [start, stop); `in_dtype` of features (start > 0);
+  the maps rounded to `out_dtype` after the first b stages for each b in `round_at`.
 
   The output is `host_readable` (every process can read all of it), or sharded
   over "data" like its input with `sharded` (each process reads its own rows,
@@ -105,7 +111,7 @@ def extraction(net: Net, variables: Sequence[dict], start: int, stop: int, batch
       steps.extract_features, p.structs(list(variables[start:stop])),
       net.input_struct(start, batch, in_dtype),
       out_shardings=p.batch if sharded else p.host_readable,
-      stages=net.stages[start:stop], out_dtype=out_dtype, **net.static)
+      stages=net.stages[start:stop], out_dtype=out_dtype, round_at=round_at, **net.static)
 
 
 def evaluation(net: Net, variables: Sequence[dict], start: int, batch: int) -> steps.Compiled:
@@ -173,12 +179,24 @@ class Programs:
                           lr_factor=lr_scale(k, self.adaptive.lr_rule),
                           budget_steps=self.budget_steps)
 
-  def step(self, store_cut: int, cut: int, k: int = 1) -> steps.Compiled:
+  def rounding(self, boundaries: Sequence[int], start: int, stop: int) -> tuple[int, ...]:
+    """Where a frozen pass over stages [start, stop) rounds its maps to the store's dtype:
+    after its first c - start stages for each boundary start < c <= stop (the cuts where
+    Drop holds a store, `ldjax.train.decisions.DropState.boundaries`). None with float32
+    stores, whose programs stay those without rounding."""
+    if self.feature_dtype == np.float32:
+      return ()
+    return tuple(sorted({c - start for c in boundaries if start < c <= stop}))
+
+  def step(self, store_cut: int, cut: int, k: int = 1,
+           boundaries: Sequence[int] = ()) -> steps.Compiled:
     """The train step with stages [0, store_cut) stored and [store_cut, cut) frozen, on
-    batches of k x `batch_size`."""
+    batches of k x `batch_size`; the frozen maps rounded at `boundaries` as the stores
+    round them (`rounding`), so that Freeze reads what Drop reads."""
     return train_step(self.net, self.optimizer(k), self.variables, self.opt_states, store_cut,
                       cut, self.batch_size * k, self.feature_dtype,
-                      label_smoothing=self.optim.label_smoothing)
+                      label_smoothing=self.optim.label_smoothing,
+                      round_at=self.rounding(boundaries, store_cut, cut))
 
   def multiplier(self, cut: int) -> int:
     """k of the head at `cut`: 1 unless `adaptive.enabled` (`ldjax.train.adaptive`)."""
@@ -187,14 +205,15 @@ class Programs:
     return multiplier(self.macs, cut, batch_size=self.batch_size, n_train=self.n_train,
                       max_batch_size=self.adaptive.max_batch_size)
 
-  def head_step(self, store_cut: int, cut: int) -> tuple[steps.Compiled, int]:
-    """(step, k): the `step` of (store_cut, cut) at the head's batch multiplier
-    (`multiplier`), halved while the step does not fit the device's memory."""
+  def head_step(self, store_cut: int, cut: int,
+                boundaries: Sequence[int] = ()) -> tuple[steps.Compiled, int]:
+    """(step, k): the `step` of (store_cut, cut) and `boundaries` at the head's batch
+    multiplier (`multiplier`), halved while the step does not fit the device's memory."""
     k = self.multiplier(cut)
     device = next(d for d in self.placement.mesh.devices.flat   # one of this process's
                   if d.process_index == jax.process_index())
     while True:
-      compiled = self.step(store_cut, cut, k)
+      compiled = self.step(store_cut, cut, k, boundaries)
       # With several processes only --max-batch-size caps k: their memory checks could
       # disagree, and this runs in a thread, where a collective to agree could cross the
       # main thread's (the processes must run the same steps).
@@ -202,14 +221,16 @@ class Programs:
         return compiled, k
       k //= 2
 
-  def extraction(self, start: int, stop: int, k: int = 1, *,
-                 views: bool = True) -> steps.Compiled:
+  def extraction(self, start: int, stop: int, k: int = 1, *, views: bool = True,
+                 boundaries: Sequence[int] = ()) -> steps.Compiled:
     """Stages [start, stop) on a batch of k x `batch_size` stored views (`views`; on the
     head's input else), out in the store's dtype, sharded like its input (each process
-    reads its own rows: `Placement.local_rows`)."""
+    reads its own rows: `Placement.local_rows`); the maps rounded on the way at the
+    `boundaries` inside (start, stop) (`rounding`), as a chain of stores would be."""
+    round_at = tuple(b for b in self.rounding(boundaries, start, stop) if b < stop - start)
     return extraction(self.view_net if views else self.net, self.variables, start, stop,
                       self.batch_size * k, in_dtype=self.feature_dtype,
-                      out_dtype=self.feature_dtype, sharded=True)
+                      out_dtype=self.feature_dtype, sharded=True, round_at=round_at)
 
 
 def for_model(model: StagedModel, variables: Sequence[dict], *, image_shape, mean, std,

@@ -79,21 +79,48 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def round_to(h: jax.Array, dtype) -> jax.Array:
+  """float32 `h` rounded to `dtype`'s precision (to nearest even), still float32: what
+  a store of `dtype` holds and a step reads back. `reduce_precision` rather than two
+  casts, which XLA may fold where it allows excess precision (on GPUs)."""
+  info = jnp.finfo(dtype)
+  return jax.lax.reduce_precision(h, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+def frozen_forward(stages: Sequence[nn.Module], variables: Sequence[dict], h: jax.Array,
+                   compute_dtype: Any = jnp.float32, round_at: Sequence[int] = (),
+                   store_dtype: Any = jnp.float32) -> jax.Array:
+  """`stages` in inference mode; the maps after the first b of them, for each b in
+  `round_at` (1..len(stages)), rounded to `store_dtype` (`round_to`) as a store of that
+  dtype holds them (`ldjax.train.decisions.DropState.boundaries`)."""
+  if not round_at:
+    return precision.apply(stages, variables, h, compute_dtype, train=False)[0]
+  edges = sorted({0, len(stages), *round_at})
+  for a, b in zip(edges, edges[1:]):
+    h, _ = precision.apply(stages[a:b], variables[a:b], h, compute_dtype, train=False)
+    if b in round_at:
+      h = round_to(h, store_dtype)
+  return h
+
+
 def train_step(state: TrainState, frozen_variables: Sequence[dict], x: jax.Array,
                y: jax.Array, rng: jax.Array, progress: jax.Array | float = 0.0, *, head_stages: Sequence[nn.Module],
                frozen_stages: Sequence[nn.Module], tx: optax.GradientTransformation,
                mean: Sequence[float], std: Sequence[float], head_index: int = 0,
-               label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32):
+               label_smoothing: float = 0.0, compute_dtype: Any = jnp.float32,
+               round_at: Sequence[int] = (), store_dtype: Any = jnp.float32):
   """One optimizer step of the head. Returns (new state, metrics, per-stage gradients).
 
   `head_index` is the head's position in the whole model; it keys the
   dropout randomness so that every split of the model draws the same masks.
   `progress` is passed to the optimizer's update (a budget's schedule reads it,
   `ldjax.train.optim.progress_learning_rate`; other optimizers ignore it).
+  `round_at` and `store_dtype`: where the frozen stages' maps are rounded as a store
+  of that dtype would round them (`frozen_forward`; none: nothing changes).
   """
   h = prepare_input(x, mean, std)
   if frozen_stages:
-    h, _ = precision.apply(frozen_stages, frozen_variables, h, compute_dtype, train=False)
+    h = frozen_forward(frozen_stages, frozen_variables, h, compute_dtype, round_at, store_dtype)
     h = jax.lax.stop_gradient(h)
   first = head_index
 
@@ -134,10 +161,13 @@ def scored_train_step(state: TrainState, scores: scoring.ScoreState,
 def extract_features(variables: Sequence[dict], x: jax.Array, *,
                      stages: Sequence[nn.Module], mean: Sequence[float],
                      std: Sequence[float], out_dtype: Any,
-                     compute_dtype: Any = jnp.float32) -> jax.Array:
-  """Output of `stages` in inference mode (BatchNorm on running statistics)."""
-  h, _ = precision.apply(stages, variables, prepare_input(x, mean, std), compute_dtype,
-                         train=False)
+                     compute_dtype: Any = jnp.float32, round_at: Sequence[int] = ()) -> jax.Array:
+  """Output of `stages` in inference mode (BatchNorm on running statistics), in
+  `out_dtype`; the maps after the first b stages, for each b in `round_at` (inner
+  boundaries), rounded to `out_dtype` on the way (`frozen_forward`): a chain of stores
+  computed in one pass."""
+  h = frozen_forward(stages, variables, prepare_input(x, mean, std), compute_dtype, round_at,
+                     out_dtype)
   return h.astype(out_dtype)
 
 
