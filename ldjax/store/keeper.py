@@ -49,7 +49,8 @@ STORE_DTYPES = ("float32", "bfloat16")
 class StoreSettings:
   """The dtype of the stored maps, and how much of them stays in host and device memory."""
   dtype: str = settings.setting(
-      "float32", "dtype of the cached feature maps (float32; bfloat16 halves their bytes)",
+      "float32", "dtype of the cached feature maps (float32; bfloat16 halves their bytes and "
+      "is the strong recipe's; Freeze then rounds its frozen maps where Drop stores them)",
       flat="feature_dtype")
   memory_gb: float = settings.setting(
       4.0, "feature stores up to this many GB (4) stay in host memory; larger ones are "

@@ -5,7 +5,9 @@ One train step serves all three strategies. Its model is split in two:
 `head_stages` are trained. Plain SGD has no frozen stages and reads images;
 Freeze passes the frozen prefix and reads images; Drop reads the cached output
 of the dropped prefix (with frozen stages only where a store could not be
-written). Only the head's
+written). With a store dtype other than float32 the frozen stages' maps are
+rounded to it where Drop holds a store (`frozen_forward`), so that Freeze reads
+what Drop reads. Only the head's
 parameters are arguments of `jax.grad`, so no gradient is ever computed for
 frozen or dropped stages (masking an optimizer does not guarantee that).
 
