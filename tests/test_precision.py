@@ -13,6 +13,7 @@ import ldjax
 from ldjax.models.zoo import build_model
 from ldjax.runs.config import TrainConfig
 from ldjax.train import assembly, precision, steps
+from ldjax.train.decisions import DropState
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,13 @@ def test_a_bfloat16_store_rebuilt_in_one_pass_equals_its_chain(model_and_vars, t
   assert np.array_equal(rebuilt.view(np.uint16), chain.view(np.uint16))
   unrounded = np.asarray(p.extraction(0, 4).fn(list(variables[:4]), x))
   assert not np.array_equal(unrounded.view(np.uint16), chain.view(np.uint16))
+  # The Trainer's rebuild after a resume, from its drop state's events.
+  trainer = assembly.trainer_for(model, tiny_data, cfg, "drop", variables, None)
+  trainer.drop = DropState(cut=4, store_cut=4, events=(
+      {"epoch": 1, "stages_dropped": 2, "cut": 2}, {"epoch": 2, "stages_dropped": 2, "cut": 4}))
+  trainer.rebuild_store(4)
+  stored = np.asarray(trainer.store.read(np.arange(64)))
+  assert np.array_equal(stored.view(np.uint16), chain.view(np.uint16))
   # With float32 stores nothing is rounded: the programs are those without boundaries.
   p32 = assembly.programs_for(model, tiny_data, cfg.replace(feature_dtype="float32"), variables)
   assert p32.rounding((2, 4), 0, 4) == () and p.rounding((2, 4), 0, 4) == (2, 4)
