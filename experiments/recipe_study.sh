@@ -21,7 +21,7 @@ for seed in $seeds; do
     if [ -f "$dir/comparison.json" ]; then echo "skip $dir (done)"; continue; fi
     flags=(--dataset "$data" --train-size 9000 --val-size 1000 --test-size 2000
            --model "$model" --width "$width" --epochs 12 --warmup 2 --batch-size 128
-           --recipe strong --augment flip,crop --seed "$seed"
+           --recipe strong --feature-dtype float32 --augment flip,crop --seed "$seed"
            --strategy sgd,freeze,drop --workdir "$dir" --no-progress --compilation-cache off)
     if [ -d "$dir" ]; then flags+=(--resume); fi
     echo "python -m ldjax.run ${flags[*]}"

@@ -215,7 +215,8 @@ def _setup(c: dict, **over):
   settings = recipe(c.get("recipe", "paper"))
   settings |= dict(model=c["model"], width=c["width"], epochs=c["epochs"], warmup=c["warmup"],
                    lr=c["lr"], batch_size=c["batch_size"], seed=c["seed"],
-                   eval_batch_size=256, eval_every=c["epochs"], augment="none")
+                   eval_batch_size=256, eval_every=c["epochs"], augment="none",
+                   feature_dtype="float32")   # the recorded runs' (the strong recipe's is bf16 since)
   if "optimizer" in c:
     settings["optimizer"] = c["optimizer"]
   cfg = ldjax.TrainConfig(**(settings | over))
