@@ -3,7 +3,9 @@
 Reads the Drop runs of `experiments/fronts.py` (float32 store: OUT/measured/scratch/sS/drop-bB;
 bfloat16 store: OUT/measured/variants/sS/drop-bf16-bB, made with `--max-priority 3`) and
 prints, per seed and budget, both runs' test and validation accuracy, their drops, their
-largest store and their CPU seconds, then the paired differences (bfloat16 - float32).
+largest store and their CPU seconds, then the paired differences (bfloat16 - float32),
+and, where budget-matched SGD runs exist (OUT/measured/scratch/sS/sgd-bB), each Drop
+run's test accuracy minus SGD's.
 
   python experiments/store_dtype.py OUT > experiments/results/store_dtype/table.md
 """
@@ -54,7 +56,36 @@ def main() -> int:
     d = [x for _, x in pairs]
     print(f"- all: {len(d)} pairs, mean {statistics.mean(d):+.2f}, "
           f"stdev {statistics.stdev(d) if len(d) > 1 else 0:.2f}")
+  sgd_gaps(args.out)
   return 0
+
+
+def sgd_gaps(out: Path) -> None:
+  """Each Drop run's test accuracy minus budget-matched SGD's (same seed and budget,
+  OUT/measured/scratch/sS/sgd-bB), where those runs exist: issue 28's paired goal."""
+  rows = []
+  for sgd in sorted(out.glob("measured/scratch/s*/sgd-b*")):
+    seed, budget = sgd.parent.name[1:], sgd.name.split("-b")[1]
+    base = run(sgd)
+    f32 = run(out / f"measured/scratch/s{seed}/drop-b{budget}")
+    bf16 = run(out / f"measured/variants/s{seed}/drop-bf16-b{budget}")
+    if base is None or f32 is None or bf16 is None:
+      continue
+    rows.append((budget, seed, base["test"], f32["test"] - base["test"],
+                 bf16["test"] - base["test"]))
+  if not rows:
+    return
+  print("\n| budget | seed | SGD test | Drop f32 - SGD | Drop bf16 - SGD |")
+  print("|---:|---:|---:|---:|---:|")
+  for budget, seed, acc, a, b in rows:
+    print(f"| {budget} | {seed} | {acc:.2f} | {a:+.2f} | {b:+.2f} |")
+  print()
+  for budget in sorted({r[0] for r in rows}, key=float):
+    mine = [r for r in rows if r[0] == budget]
+    for name, i in (("float32", 3), ("bfloat16", 4)):
+      gaps = [r[i] for r in mine]
+      print(f"- budget {budget}, Drop ({name} store) - SGD: mean {statistics.mean(gaps):+.2f}, "
+            f"{sum(g >= 0 for g in gaps)} of {len(gaps)} seeds at or above SGD")
 
 
 if __name__ == "__main__":
