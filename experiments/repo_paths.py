@@ -2,8 +2,8 @@
 
 Committed results must name commands anyone can run from a clone: a script
 that writes a command line or a path into its results passes it through
-`command` or `rel` here, so that `/work/main/experiments/cpu_speed.py` is
-written `experiments/cpu_speed.py` (relative to the repository root, where the
+`command` or `rel` here, so that `CLONE/experiments/cpu_speed.py` (CLONE: the
+clone's absolute path) is written `experiments/cpu_speed.py` (relative to the repository root, where the
 scripts are run from), a path under the home directory `~/...`, and a path
 outside both (`/usr/share/datasets/fashion-mnist`, a `/tmp` work directory the
 user chose) as it was given.
@@ -43,7 +43,7 @@ def rel(path: str | os.PathLike, home: bool = True) -> str:
 
 def arg(word: str) -> str:
   """One command-line word with its path written by `rel`: a path, `--flag=PATH`, or a
-  dataset spec `KIND:PATH` (`npz:/work/main/x.npz`). A path inside a word keeps the home
+  dataset spec `KIND:PATH` (`npz:CLONE/x.npz`). A path inside a word keeps the home
   directory spelled out, since a shell expands `~` only at a word's start."""
   for sep in ("=", ":"):
     head, found, tail = word.partition(sep)
