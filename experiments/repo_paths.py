@@ -3,10 +3,10 @@
 Committed results must name commands anyone can run from a clone: a script
 that writes a command line or a path into its results passes it through
 `command` or `rel` here, so that `CLONE/experiments/cpu_speed.py` (CLONE: the
-clone's absolute path) is written `experiments/cpu_speed.py` (relative to the repository root, where the
-scripts are run from), a path under the home directory `~/...`, and a path
-outside both (`/usr/share/datasets/fashion-mnist`, a `/tmp` work directory the
-user chose) as it was given.
+clone's absolute path) is written `experiments/cpu_speed.py` (relative to the
+repository root, where the scripts are run from), a path under the home
+directory `~/...`, and a path outside both (`/usr/share/datasets/fashion-mnist`,
+a `/tmp` work directory the user chose) as it was given.
 
 Only what is written down changes; the scripts keep opening the paths they
 were given.
